@@ -1,0 +1,164 @@
+"""Configuration of a KAdaptation adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+from peft.utils import PeftType
+
+from ._registration import ensure_peft_type
+
+
+SHARE_SLOW_WEIGHTS = ("per_target", "global", "none")
+FORWARD_MODES = ("auto", "factored", "materialized")
+
+# Query and value projections of the vision transformers users adapt, under transformers 4.x and 5.x names.
+_QV = ["query", "value", "q_proj", "v_proj"]
+TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
+    model_type: list(_QV)
+    for model_type in (
+        "vit",
+        "vit_mae",
+        "vit_msn",
+        "vit_hybrid",
+        "deit",
+        "dinov2",
+        "dinov2_with_registers",
+        "dinov3_vit",
+        "beit",
+        "data2vec-vision",
+        "swin",
+        "swinv2",
+        "clip",
+        "clip_vision_model",
+        "siglip",
+        "siglip_vision_model",
+        "siglip2",
+        "siglip2_vision_model",
+    )
+}
+
+
+@dataclass
+class KAdaptationConfig(PeftConfig):
+    """
+    Configuration of a [`KAdaptationModel`]: Kronecker adaptation (He et al., "Parameter-efficient Model Adaptation
+    for Vision Transformers", AAAI 2023, https://huggingface.co/papers/2203.16329).
+
+    Each adapted linear layer with weight of shape (k, d) = (out_features, in_features) gets the additive update
+
+        ΔW = scaling · Σ_{i=1..n} A_i ⊗ (u_i v_iᵀ),    scaling = alpha / sqrt(n · r)
+
+    where the n "slow" matrices A_i (n × n) are shared by every layer of a sharing group and the "fast" factors
+    u_i (k/n × r) and v_i (d/n × r) belong to one layer. A layer costs r·(k + d) trainable parameters, like LoRA at
+    rank r; each sharing group costs n³ once. rank(ΔW) can reach min(n²·r, k, d).
+
+    Args:
+        n (`int`):
+            Number of Kronecker terms, also the size of each A_i. Must divide the in and out features of every
+            targeted layer. Defaults to 32, the paper's value.
+        r (`int`):
+            Rank of each fast product u_i v_iᵀ. Defaults to 1, the paper's value.
+        alpha (`float`):
+            Scale of the update: `scaling = alpha / sqrt(n * r)`. With the default init (A_i ~ N(0, 1),
+            u_i ~ N(0, 0.1²)) the update moves at a scale of about `0.1 * alpha` whatever n and r are, so one learning
+            rate carries across settings. Defaults to 4.0.
+        kadapt_dropout (`float`):
+            Dropout probability on the input of the adapter branch (as LoRA's `lora_dropout`). Defaults to 0.0.
+        target_modules (`Optional[Union[list[str], str]]`):
+            Names of the modules to adapt: a list of exact names or name suffixes, or a regex string. When `None`, the
+            query and value projections are chosen for known vision models (ViT, DeiT, DINOv2, BEiT, Swin, CLIP and
+            SigLIP vision towers), under transformers 4.x (`query`, `value`) and 5.x (`q_proj`, `v_proj`) names.
+        exclude_modules (`Optional[Union[list[str], str]]`):
+            Names of modules not to adapt: a list of exact names or suffixes, or a regex string.
+        modules_to_save (`Optional[list[str]]`):
+            Modules besides the adapted layers that train and are saved, e.g. `["classifier"]` for a new head.
+        layers_to_transform (`Optional[Union[list[int], int]]`):
+            Indices of the blocks to adapt; all blocks when `None`.
+        layers_pattern (`Optional[Union[list[str], str]]`):
+            Name of the `nn.ModuleList` holding the blocks (e.g. `"layers"` or `"layer"`); only used with
+            `layers_to_transform`.
+        init_weights (`bool`):
+            `True` (default): A_i ~ N(0, 1), u_i ~ N(0, 0.1²), v_i = 0, so ΔW = 0 at step 0 and every factor receives
+            gradient from the first optimiser step on (the official code zeroes u and v, so its Kronecker term never
+            trains). `False`: v_i ~ N(0, 0.1²) too, a random non-zero ΔW, for tests.
+        share_slow_weights (`str`):
+            Which layers share one A-set. `"per_target"` (default, the paper's choice): one A-set per target-module
+            name (e.g. all `q_proj` layers share one, all `v_proj` layers another). `"global"`: one A-set for every
+            adapted layer. `"none"`: one A-set per layer.
+        forward_mode (`str`):
+            How the adapter branch is computed. `"factored"` uses the Kronecker identity and never builds ΔW;
+            `"materialized"` builds ΔW once per forward and folds it into the base matmul; `"auto"` (default) picks
+            the cheaper one per layer and call with a cost model measured by `benchmarks/speed.py`. All give the same
+            result up to rounding.
+    """
+
+    n: int = field(default=32, metadata={"help": "Number of Kronecker terms; must divide in/out features."})
+    r: int = field(default=1, metadata={"help": "Rank of each fast product u_i v_iᵀ."})
+    alpha: float = field(default=4.0, metadata={"help": "Scale of the update: scaling = alpha / sqrt(n * r)."})
+    kadapt_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter branch input."})
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Module names (exact or suffix) or a regex to adapt; q/v projections of known vision models "
+            "when None."
+        },
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Module names (exact or suffix) or a regex not to adapt."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules besides the adapted layers to train and save, e.g. ['classifier']."}
+    )
+    layers_to_transform: list[int] | int | None = field(
+        default=None, metadata={"help": "Indices of the blocks to adapt; all when None."}
+    )
+    layers_pattern: list[str] | str | None = field(
+        default=None, metadata={"help": "Name of the ModuleList of blocks; only with layers_to_transform."}
+    )
+    init_weights: bool = field(
+        default=True,
+        metadata={"help": "True: ΔW = 0 at start, every factor trains. False: random non-zero ΔW (tests)."},
+    )
+    share_slow_weights: Literal["per_target", "global", "none"] = field(
+        default="per_target", metadata={"help": "Sharing of the A-set: 'per_target', 'global' or 'none'."}
+    )
+    forward_mode: Literal["auto", "factored", "materialized"] = field(
+        default="auto", metadata={"help": "'auto', 'factored' or 'materialized' adapter branch."}
+    )
+
+    def __post_init__(self):
+        ensure_peft_type()
+        super().__post_init__()
+        self.peft_type = PeftType.KADAPTATION
+        self.target_modules = (
+            set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
+        )
+        self.exclude_modules = (
+            set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
+        )
+        for name in ("n", "r"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` should be a positive integer value but the value passed is {value!r}.")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool):
+            raise ValueError(f"`alpha` should be a number but the value passed is {self.alpha!r}.")
+        if not 0.0 <= self.kadapt_dropout < 1.0:
+            raise ValueError(f"`kadapt_dropout` should be in [0, 1) but the value passed is {self.kadapt_dropout!r}.")
+        if self.share_slow_weights not in SHARE_SLOW_WEIGHTS:
+            raise ValueError(
+                f"`share_slow_weights` should be one of {SHARE_SLOW_WEIGHTS} but the value passed is "
+                f"{self.share_slow_weights!r}."
+            )
+        if self.forward_mode not in FORWARD_MODES:
+            raise ValueError(
+                f"`forward_mode` should be one of {FORWARD_MODES} but the value passed is {self.forward_mode!r}."
+            )
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
+        if self.layers_pattern and not self.layers_to_transform:
+            raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")

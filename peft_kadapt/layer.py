@@ -1,0 +1,224 @@
+"""KAdaptation layers: the per-module maths wired into PEFT's tuner-layer contract."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from .config import KAdaptationConfig
+from .functional import kron_delta_weight, kron_forward, prefer_factored
+
+
+SUPPORTED_LAYER_TYPES = ("torch.nn.Linear",)
+U_INIT_STD = 0.1
+
+
+def divisors_of_both(a: int, b: int) -> list[int]:
+    g = math.gcd(a, b)
+    return [m for m in range(1, g + 1) if g % m == 0]
+
+
+def check_n_divides(n: int, in_features: int, out_features: int, module_name: str) -> None:
+    if in_features % n or out_features % n:
+        raise ValueError(
+            f"KAdaptation needs `n` to divide both the in and out features of every adapted layer, but module "
+            f"{module_name!r} has weight shape ({out_features}, {in_features}) and n={n}. Values of n that would "
+            f"work for it: {divisors_of_both(in_features, out_features)}. Change `n`, or leave this module out with "
+            "`exclude_modules`."
+        )
+
+
+def check_supported(module: nn.Module, module_name: str) -> None:
+    if not isinstance(module, nn.Linear):
+        raise TypeError(
+            f"KAdaptation cannot adapt module {module_name!r} of type {type(module).__name__}. Supported types: "
+            f"{', '.join(SUPPORTED_LAYER_TYPES)}. Remove it from `target_modules` or add it to `exclude_modules`."
+        )
+
+
+class KAdaptationLayer(BaseTunerLayer):
+    # per-adapter trainable containers; `kadapt_A` is the model-level container of shared slow weights
+    adapter_layer_names = ("kadapt_u", "kadapt_v", "kadapt_A")
+    other_param_names = ("n", "r", "scaling", "kadapt_dropout", "slow_key", "forward_mode")
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.base_layer = base_layer
+        self.n: dict[str, int] = {}
+        self.r: dict[str, int] = {}
+        self.scaling: dict[str, float] = {}
+        self.slow_key: dict[str, str] = {}
+        self.forward_mode: dict[str, str] = {}
+        self.kadapt_dropout = nn.ModuleDict({})
+        self.kadapt_u = nn.ParameterDict({})
+        self.kadapt_v = nn.ParameterDict({})
+        self.kadapt_A = nn.ModuleDict({})  # replaced by the tuner's shared container in update_layer
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+        base = self.get_base_layer()
+        check_supported(base, type(base).__name__)
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        kadapt_A: nn.ModuleDict,
+        slow_key: str,
+        config: KAdaptationConfig,
+        module_name: str = "",
+        inference_mode: bool = False,
+    ) -> None:
+        n, r = config.n, config.r
+        check_n_divides(n, self.in_features, self.out_features, module_name or type(self).__name__)
+        self.n[adapter_name], self.r[adapter_name] = n, r
+        self.scaling[adapter_name] = config.alpha / math.sqrt(n * r)
+        self.slow_key[adapter_name] = slow_key
+        self.forward_mode[adapter_name] = config.forward_mode
+        dropout = nn.Dropout(p=config.kadapt_dropout) if config.kadapt_dropout > 0 else nn.Identity()
+        self.kadapt_dropout[adapter_name] = dropout
+        self.kadapt_u[adapter_name] = nn.Parameter(torch.empty(n, self.out_features // n, r))
+        self.kadapt_v[adapter_name] = nn.Parameter(torch.empty(n, self.in_features // n, r))
+        self.kadapt_A = kadapt_A
+        self.reset_kadapt_parameters(adapter_name, config.init_weights)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    @torch.no_grad()
+    def reset_kadapt_parameters(self, adapter_name: str, init_weights: bool) -> None:
+        if self.kadapt_u[adapter_name].is_meta:
+            return
+        nn.init.normal_(self.kadapt_u[adapter_name], std=U_INIT_STD)
+        if init_weights:
+            # v = 0 gives ΔW = 0 while dL/dv = 0 does not hold: every factor trains from the first step
+            nn.init.zeros_(self.kadapt_v[adapter_name])
+        else:
+            nn.init.normal_(self.kadapt_v[adapter_name], std=U_INIT_STD)
+
+    def slow_weights(self, adapter_name: str) -> torch.Tensor:
+        return self.kadapt_A[adapter_name][self.slow_key[adapter_name]]
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """ΔW of one adapter, shape (out_features, in_features), in the dtype of the base weight."""
+        A, u, v = self.slow_weights(adapter_name), self.kadapt_u[adapter_name], self.kadapt_v[adapter_name]
+        weight_dtype = self.get_base_layer().weight.dtype
+        # CPU matmuls in half precision are slow and lossy: compute in fp32 there, as LoRA does
+        compute_dtype = (
+            torch.float32 if (u.device.type == "cpu" and u.dtype in (torch.float16, torch.bfloat16)) else u.dtype
+        )
+        delta = kron_delta_weight(
+            A.to(compute_dtype), u.to(compute_dtype), v.to(compute_dtype), self.scaling[adapter_name]
+        )
+        return delta.to(weight_dtype)
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return True
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        base = self.get_base_layer()
+        for name in adapter_names:
+            if name not in self.kadapt_u:
+                continue
+            delta = self.get_delta_weight(name)
+            if safe_merge:
+                merged = base.weight.data + delta
+                if not torch.isfinite(merged).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                base.weight.data = merged
+            else:
+                base.weight.data += delta
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self.kadapt_u:
+                base.weight.data -= self.get_delta_weight(name)
+
+    def _use_factored(self, adapter_name: str, tokens: int) -> bool:
+        mode = self.forward_mode[adapter_name]
+        if mode != "auto":
+            return mode == "factored"
+        n, r = self.n[adapter_name], self.r[adapter_name]
+        return prefer_factored(n, r, self.in_features, self.out_features, tokens, torch.is_grad_enabled())
+
+    def _can_fold(self) -> bool:
+        # folding ΔW into the base matmul bypasses base_layer.forward: only for a plain nn.Linear without hooks
+        base = self.get_base_layer()
+        return type(base) is nn.Linear and not hasattr(base, "_hf_hook") and base is self.base_layer
+
+    def kadapt_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.kadapt_u]
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+
+        tokens = x.numel() // self.in_features
+        folded, branches = [], []
+        for name in active:
+            dropout = self.kadapt_dropout[name]
+            dropout_active = self.training and isinstance(dropout, nn.Dropout)
+            if self._use_factored(name, tokens):
+                branches.append((name, "factored"))
+            elif dropout_active or not self._can_fold():
+                branches.append((name, "materialized"))
+            else:
+                folded.append(name)
+
+        if folded:
+            base = self.get_base_layer()
+            weight = base.weight + sum(self.get_delta_weight(name) for name in folded)
+            result = F.linear(self._cast_input_dtype(x, weight.dtype), weight, base.bias)
+        else:
+            result = self.base_layer(x, *args, **kwargs)
+        result_dtype = result.dtype
+        for name, how in branches:
+            u = self.kadapt_u[name]
+            x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, u.dtype))
+            if how == "factored":
+                A, v = self.slow_weights(name), self.kadapt_v[name]
+                result = result + kron_forward(x_in, A, u, v, self.scaling[name]).to(result_dtype)
+            else:
+                delta = self.get_delta_weight(name)
+                result = result + F.linear(x_in.to(delta.dtype), delta).to(result_dtype)
+        return result
+
+
+class Linear(nn.Module, KAdaptationLayer):
+    """KAdaptation on a `torch.nn.Linear`."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        kadapt_A: nn.ModuleDict,
+        slow_key: str,
+        config: KAdaptationConfig,
+        module_name: str = "",
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        KAdaptationLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, kadapt_A, slow_key, config, module_name=module_name)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.kadapt_forward(x, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return "kadaptation." + super().__repr__()

@@ -1,0 +1,169 @@
+"""KAdaptationModel: injection, the shared slow weights, and their save / load hooks."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from .config import TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING, KAdaptationConfig
+from .layer import KAdaptationLayer, Linear, check_n_divides, check_supported
+
+
+SLOW = "kadapt_A"
+_SLOW_INFIX = f".{SLOW}."
+
+
+class KAdaptationModel(BaseTuner):
+    """
+    Creates a KAdaptation model from a pretrained transformers model. Use it through `peft.get_peft_model` after
+    `import peft_kadapt`.
+
+    The slow weights A of each sharing group live once, in `model.base_model.kadapt_A[adapter_name][group]`; every
+    adapted layer of the group holds a reference to that container and looks its entry up at forward time, so the
+    sharing survives `load_state_dict`, dtype casts, `deepcopy` and pickling.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): The model to be adapted.
+        config ([`KAdaptationConfig`]): The configuration of the KAdaptation adapter.
+        adapter_name (`str`): The name of the adapter, defaults to `"default"`.
+        low_cpu_mem_usage (`bool`, *optional*, defaults to `False`): Create empty adapter weights on the meta device.
+
+    Example:
+
+        ```py
+        >>> import peft_kadapt
+        >>> from peft import get_peft_model
+        >>> from transformers import ViTConfig, ViTForImageClassification
+
+        >>> base = ViTForImageClassification(ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        ...     intermediate_size=128, image_size=32, patch_size=8, num_labels=3))
+        >>> config = peft_kadapt.KAdaptationConfig(n=8, r=1, modules_to_save=["classifier"])
+        >>> model = get_peft_model(base, config)
+        >>> sorted(model.base_model.kadapt_A["default"].keys())
+        ['q_proj', 'v_proj']
+        ```
+    """
+
+    prefix: str = "kadapt_"
+    tuner_layer_cls = KAdaptationLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING
+    uses_shared_state: bool = True
+
+    def _slow_container(self) -> nn.ModuleDict:
+        # created lazily: `_pre_injection_hook` does not run for `add_adapter` / `load_adapter`
+        if SLOW not in self._modules:
+            self.add_module(SLOW, nn.ModuleDict({}))
+        return self._modules[SLOW]
+
+    @staticmethod
+    def _slow_key(config: KAdaptationConfig, target_name: str, current_key: str) -> str:
+        if config.share_slow_weights == "global":
+            return "global"
+        if config.share_slow_weights == "per_target":
+            return target_name
+        return current_key.replace(".", "__")  # "none": one A-set per layer; keys may not contain dots
+
+    def _prepare_adapter_config(self, peft_config: KAdaptationConfig, model_config: dict) -> KAdaptationConfig:
+        if peft_config.target_modules is None:
+            model_type = model_config.get("model_type")
+            if model_type not in self.target_module_mapping:
+                raise ValueError(
+                    f"KAdaptation has no default `target_modules` for model type {model_type!r}. Pass "
+                    "`target_modules` (e.g. ['q_proj', 'v_proj']). Model types with defaults: "
+                    f"{sorted(self.target_module_mapping)}."
+                )
+            peft_config.target_modules = set(self.target_module_mapping[model_type])
+        return peft_config
+
+    def _check_new_adapter_config(self, config: KAdaptationConfig) -> None:
+        super()._check_new_adapter_config(config)
+        for name, other in self.peft_config.items():
+            if other is config:
+                if not name or "." in name:
+                    raise ValueError(f"Adapter names must be non-empty and contain no '.', got {name!r}.")
+
+    def _create_and_replace(
+        self, kadapt_config, adapter_name, target, target_name, parent, current_key, **optional_kwargs
+    ) -> None:
+        if current_key is None:
+            raise ValueError("Current Key shouldn't be `None`")
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        check_supported(base, current_key)
+        check_n_divides(kadapt_config.n, base.in_features, base.out_features, current_key)
+
+        slow_key = self._slow_key(kadapt_config, target_name, current_key)
+        container = self._slow_container()
+        if adapter_name not in container:
+            container[adapter_name] = nn.ParameterDict({})
+        if slow_key not in container[adapter_name]:
+            n = kadapt_config.n
+            A = torch.empty(n, n, n, device=base.weight.device)
+            if not A.is_meta:
+                nn.init.normal_(A)
+            container[adapter_name][slow_key] = nn.Parameter(A)
+
+        if isinstance(target, KAdaptationLayer):
+            target.update_layer(adapter_name, container, slow_key, kadapt_config, module_name=current_key)
+            return
+        new_module = Linear(target, adapter_name, container, slow_key, kadapt_config, module_name=current_key)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        container = self._slow_container()
+        if adapter_name in container:
+            del container[adapter_name]
+
+    # Saving and loading: the model state_dict holds every slow-weight tensor once per alias (the model-level
+    # container plus one reference per layer); the checkpoint holds it once, under the model-level key.
+
+    @staticmethod
+    def _canonical_slow_keys(keys) -> dict[str, str]:
+        """Map each slow-weight alias key to the shortest key with the same suffix (the model-level one)."""
+        by_suffix: dict[str, list[str]] = {}
+        for key in keys:
+            if _SLOW_INFIX in f".{key}":
+                suffix = f".{key}".rsplit(_SLOW_INFIX, 1)[1]
+                by_suffix.setdefault(suffix, []).append(key)
+        return {key: min(group, key=len) for group in by_suffix.values() for key in group}
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        to_return = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        canonical = cls._canonical_slow_keys(to_return)
+        return {k: v for k, v in to_return.items() if canonical.get(k, k) == k}
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        model_state = model.state_dict(keep_vars=True)
+        pattern = re.compile(rf"(^|\.)kadapt_(A|u|v)\.{re.escape(adapter_name)}(\.|$)")
+        expected = [k for k in model_state if pattern.search(k)]
+        canonical = cls._canonical_slow_keys(expected)
+        for key in expected:  # fan each saved slow-weight tensor out to every alias
+            if key not in remapped and canonical.get(key, key) in remapped:
+                remapped[key] = remapped[canonical[key]]
+        missing = [k for k in expected if k not in remapped]
+        if missing:
+            raise ValueError(
+                f"The KAdaptation checkpoint for adapter {adapter_name!r} is incomplete: {len(missing)} of "
+                f"{len(expected)} adapter tensors are missing (first: {missing[:3]}). The file is truncated or was "
+                "written for another model; nothing was loaded."
+            )
+        wrong = [
+            f"{k}: checkpoint {tuple(remapped[k].shape)} vs model {tuple(model_state[k].shape)}"
+            for k in expected
+            if tuple(remapped[k].shape) != tuple(model_state[k].shape)
+        ]
+        if wrong:
+            raise ValueError(
+                f"The KAdaptation checkpoint for adapter {adapter_name!r} does not fit this model ({len(wrong)} "
+                f"tensors differ in shape, first: {wrong[:3]}). Load it into the base model it was trained on, with "
+                "the same `n` and `r`."
+            )
+        return remapped

@@ -1,0 +1,75 @@
+import os
+
+
+# the default test run never touches the network
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
+
+import peft_kadapt  # noqa: E402, F401
+
+
+class MLP(nn.Module):
+    """Toy MLP in the style of PEFT's test_custom_models.py."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.lin0 = nn.Linear(12, width)
+        self.relu = nn.ReLU()
+        self.lin1 = nn.Linear(width, width)
+        self.lin2 = nn.Linear(width, 2)
+
+    def forward(self, X):
+        return self.lin2(self.relu(self.lin1(self.relu(self.lin0(X)))))
+
+
+def make_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return MLP().eval()
+
+
+def tiny_vit_config(**kwargs) -> ViTConfig:
+    defaults = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+    )
+    defaults.update(kwargs)
+    return ViTConfig(**defaults)
+
+
+def make_vit(**kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return ViTForImageClassification(tiny_vit_config(**kwargs)).eval()
+
+
+def mlp_inputs(batch: int = 5) -> dict:
+    return {"X": torch.randn(batch, 12, generator=torch.Generator().manual_seed(1))}
+
+
+def vit_inputs(batch: int = 3) -> dict:
+    return {"pixel_values": torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))}
+
+
+def outputs(model, inputs) -> torch.Tensor:
+    out = model(**inputs)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+@pytest.fixture
+def vit():
+    return make_vit()
+
+
+@pytest.fixture
+def mlp():
+    return make_mlp()
