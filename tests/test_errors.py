@@ -113,3 +113,16 @@ def test_safe_merge_error_message_matches_peft():
         ValueError, match="NaNs detected in the merged weights. The adapter default seems to be broken"
     ):
         model.merge_and_unload(safe_merge=True)
+
+
+def test_conflicting_adapters_are_refused():
+    from peft import LoraConfig
+
+    model = get_peft_model(make_mlp(), KAdaptationConfig(target_modules=["lin1"], n=4))
+    with pytest.raises(ValueError, match="Adapter with name 'default' already exists"):
+        model.add_adapter("default", KAdaptationConfig(target_modules=["lin1"], n=2))
+    with pytest.raises(ValueError, match="(?i)different peft types|cannot combine"):
+        model.add_adapter("lora", LoraConfig(target_modules=["lin1"]))
+    # adapters of different n and sharing coexist: each owns its slow weights
+    model.add_adapter("other", KAdaptationConfig(target_modules=["lin1"], n=2, share_slow_weights="global"))
+    assert model.base_model.kadapt_A["other"]["global"].shape == (2, 2, 2)
