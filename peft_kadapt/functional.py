@@ -2,9 +2,12 @@
 
 Shapes (one adapted layer, weight W of shape (k, d) = (out_features, in_features)):
 
-    A: (n, n, n)      the n slow matrices A_i, stacked; shared across the layers of a group
-    u: (n, k/n, r)    fast weights, left factors of B_i = u_i v_iᵀ
-    v: (n, d/n, r)    fast weights, right factors
+    A: (n, n, n)      the n slow matrices A_i, stacked (A[i] = A_i); shared across the layers of a group
+    u: (k/n, n, r)    fast weights, u[:, i] = u_i, left factor of B_i = u_i v_iᵀ
+    v: (d/n, n, r)    fast weights, v[:, i] = v_i, right factor
+
+The term index i sits in the middle of u and v so that both enter the forward as plain reshapes (no copies) and their
+gradients come back contiguous, as DDP's gradient buckets expect.
 
     ΔW = s · Σ_i A_i ⊗ (u_i v_iᵀ)        (k, d)
 
@@ -15,29 +18,30 @@ Kronecker identity used by the factored forward: with x of length d viewed row-m
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def kron_delta_weight(A: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
     """ΔW = scaling · Σ_i A_i ⊗ (u_i v_iᵀ), shape (k, d)."""
-    n, k_blk, _ = u.shape
-    d_blk = v.shape[1]
-    # ΔW[j*k_blk + s, p*d_blk + q] = Σ_i A_i[j, p] · Σ_r u_i[s, r] v_i[q, r]
-    B = torch.bmm(u, v.transpose(1, 2))  # (n, k/n, d/n)
+    k_blk, n, _ = u.shape
+    d_blk = v.shape[0]
+    B = torch.einsum("sir,qir->isq", u, v)  # (n, k/n, d/n): B_i = u_i v_iᵀ
+    # ΔW[j*k_blk + s, p*d_blk + q] = Σ_i A_i[j, p] · B_i[s, q]
     delta = torch.einsum("ijp,isq->jspq", A, B)  # (n_j, k/n, n_p, d/n)
     return delta.reshape(n * k_blk, n * d_blk) * scaling
 
 
 def kron_forward(x: torch.Tensor, A: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
     """x @ ΔWᵀ without building ΔW: cost per token n·r·(k + d) + n³·r multiply-adds instead of k·d."""
-    n, k_blk, r = u.shape
-    d_blk = v.shape[1]
+    k_blk, n, r = u.shape
+    d_blk = v.shape[0]
     lead = x.shape[:-1]
     X = x.reshape(-1, d_blk)  # (T·n_p, d/n): row t·n + p holds block p of token t
-    Z = X @ v.permute(1, 0, 2).reshape(d_blk, n * r)  # (T·n_p, n_i·r)
+    Z = X @ v.reshape(d_blk, n * r)  # (T·n_p, n_i·r): X v_i for every i
     Z = Z.view(-1, n, n, r).permute(2, 1, 0, 3).reshape(n, n, -1)  # (n_i, n_p, T·r)
     Z = torch.bmm(A, Z)  # (n_i, n_j, T·r): A_i X v_i for every i
     Z = Z.view(n, n, -1, r).permute(2, 1, 0, 3).reshape(-1, n * r)  # (T·n_j, n_i·r)
-    Y = Z @ u.permute(0, 2, 1).reshape(n * r, k_blk)  # (T·n_j, k/n): Σ_i (A_i X v_i) u_iᵀ
+    Y = F.linear(Z, u.reshape(k_blk, n * r))  # (T·n_j, k/n): Σ_i (A_i X v_i) u_iᵀ
     return (Y * scaling).reshape(*lead, n * k_blk)
 
 

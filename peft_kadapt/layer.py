@@ -82,8 +82,8 @@ class KAdaptationLayer(BaseTunerLayer):
         self.forward_mode[adapter_name] = config.forward_mode
         dropout = nn.Dropout(p=config.kadapt_dropout) if config.kadapt_dropout > 0 else nn.Identity()
         self.kadapt_dropout[adapter_name] = dropout
-        self.kadapt_u[adapter_name] = nn.Parameter(torch.empty(n, self.out_features // n, r))
-        self.kadapt_v[adapter_name] = nn.Parameter(torch.empty(n, self.in_features // n, r))
+        self.kadapt_u[adapter_name] = nn.Parameter(torch.empty(self.out_features // n, n, r))  # u[:, i] = u_i
+        self.kadapt_v[adapter_name] = nn.Parameter(torch.empty(self.in_features // n, n, r))  # v[:, i] = v_i
         self.kadapt_A = kadapt_A
         self.reset_kadapt_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)

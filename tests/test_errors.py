@@ -101,7 +101,7 @@ def test_adapter_file_missing_tensors_is_an_error_not_a_partial_load(saved_vit):
 
 
 def test_adapter_loaded_into_model_of_other_shape_is_an_error(saved_vit):
-    with pytest.raises(ValueError, match=r"does not fit this model .*checkpoint \(4, 8, 1\) vs model \(4, 16, 1\)"):
+    with pytest.raises(ValueError, match=r"does not fit this model .*checkpoint \(8, 4, 1\) vs model \(16, 4, 1\)"):
         PeftModel.from_pretrained(make_vit(hidden_size=64, intermediate_size=64), saved_vit)
 
 

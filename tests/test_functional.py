@@ -7,14 +7,14 @@ from peft_kadapt.functional import kron_delta_weight, kron_forward
 
 
 def reference_delta(A, u, v, scaling):
-    return scaling * sum(torch.kron(A[i], u[i] @ v[i].T) for i in range(A.shape[0]))
+    return scaling * sum(torch.kron(A[i], u[:, i] @ v[:, i].T) for i in range(A.shape[0]))
 
 
 def factors(n, r, k, d, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(n, n, n, generator=g, dtype=dtype)
-    u = torch.randn(n, k // n, r, generator=g, dtype=dtype)
-    v = torch.randn(n, d // n, r, generator=g, dtype=dtype)
+    u = torch.randn(k // n, n, r, generator=g, dtype=dtype)
+    v = torch.randn(d // n, n, r, generator=g, dtype=dtype)
     return A, u, v
 
 
@@ -60,3 +60,12 @@ def test_rearranged_rank_is_at_most_n_within_a_sharing_group():
     assert torch.linalg.matrix_rank(stacked).item() <= n
     # and a layer's ΔW itself can exceed the rank of one LoRA-r update
     assert torch.linalg.matrix_rank(kron_delta_weight(A, *layers[0], 1.0)).item() > r
+
+
+def test_gradients_are_contiguous_in_both_forms():
+    A, u, v = (t.float().requires_grad_() for t in factors(4, 2, 16, 8))
+    x = torch.randn(5, 8)
+    for compute in (lambda: kron_forward(x, A, u, v, 1.0), lambda: x @ kron_delta_weight(A, u, v, 1.0).T):
+        A.grad = u.grad = v.grad = None
+        compute().square().sum().backward()
+        assert all(t.grad.is_contiguous() for t in (A, u, v))  # DDP buckets warn and copy otherwise

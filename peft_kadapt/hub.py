@@ -1,0 +1,134 @@
+"""Sharing a KAdaptation adapter on the Hugging Face Hub with a model card that says how to load it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .pretrained import hub_id_for
+
+
+SHARED_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "metrics.json", "training_curve.png")
+
+
+def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_id: str | None) -> str:
+    front = ["---", "library_name: peft"]
+    if base_model:
+        front += [f"base_model: {base_model}", "base_model_relation: adapter"]
+    front += ["pipeline_tag: image-classification", "tags:"]
+    front += [f"- {t}" for t in ("peft", "kadaptation", "kronecker-adaptation", "image-classification", "vision")]
+    if metrics and metrics.get("dataset"):
+        front += ["model-index:", f"- name: {repo_id or 'kadaptation-adapter'}", "  results:",
+                  "  - task:", "      type: image-classification", "    dataset:",
+                  f"      name: {metrics['dataset']}", f"      type: {metrics['dataset']}", "    metrics:",
+                  "    - type: accuracy", f"      value: {metrics['test_accuracy']:.4f}"]  # fmt: skip
+    front.append("---")
+    hyper = {k: config.get(k) for k in ("n", "r", "alpha", "kadapt_dropout", "share_slow_weights", "init_weights")}
+    targets = config.get("target_modules")
+    lines = [
+        f"# {repo_id or 'KAdaptation adapter'}",
+        "",
+        "A [KAdaptation](https://arxiv.org/abs/2203.16329) adapter (Kronecker adaptation of the attention projections"
+        f" of a vision transformer) for `{base_model or config.get('base_model_name_or_path')}`, made with "
+        "[peft_kadapt](https://pypi.org/project/peft-kadapt/).",
+        "",
+        "## How to load",
+        "",
+        "KAdaptation is a PEFT method registered by the `peft_kadapt` package: import it first, or PEFT raises "
+        "`KeyError: 'KADAPTATION'`.",
+        "",
+        "```python",
+        "import peft_kadapt  # registers the 'kadaptation' method with PEFT",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForImageClassification",
+        "",
+        f"base = AutoModelForImageClassification.from_pretrained({base_model or 'BASE_MODEL'!r}, "
+        f"num_labels={(metrics or {}).get('num_labels', 'NUM_LABELS')})",
+        f"model = PeftModel.from_pretrained(base, {repo_id or 'ADAPTER_DIR'!r})",
+        "model = model.merge_and_unload()  # optional: a plain model, no inference overhead",
+        "```",
+        "",
+        "## Hyper-parameters",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in hyper.items()],
+        f"| target_modules | {sorted(targets) if isinstance(targets, list) else targets} |",
+        f"| modules_to_save | {config.get('modules_to_save')} |",
+    ]
+    if metrics:
+        lines += ["", "## Results (measured by the training run that wrote this adapter)", "", "| metric | value |",
+                  "|---|---|"]  # fmt: skip
+        keys = ("dataset", "shots", "sampling_seed", "resolution", "train_images", "validation_images", "test_images",
+                "validation_accuracy", "test_accuracy", "trainable_parameters", "saved_file_bytes", "wall_time_s",
+                "learning_rate", "num_train_epochs")  # fmt: skip
+        lines += [f"| {k} | {metrics[k]} |" for k in keys if k in metrics]
+        lines += ["", "The checkpoint was chosen on the validation split; test accuracy was measured once."]
+    return "\n".join(front + [""] + lines) + "\n"
+
+
+def write_model_card(adapter_dir: str | os.PathLike, metrics: dict | None = None, base_model: str | None = None,
+                     repo_id: str | None = None) -> Path:  # fmt: skip
+    """Write README.md (the model card) into an adapter directory."""
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if metrics is None and (adapter_dir / "metrics.json").exists():
+        metrics = json.loads((adapter_dir / "metrics.json").read_text())
+    if metrics is not None and "num_labels" not in metrics:
+        metrics = {**metrics, "num_labels": _num_labels(adapter_dir)}
+    base_model = base_model or hub_id_for(
+        (metrics or {}).get("model_name_or_path") or config.get("base_model_name_or_path") or ""
+    )
+    path = adapter_dir / "README.md"
+    path.write_text(_card_text(config, metrics, base_model, repo_id))
+    return path
+
+
+def _num_labels(adapter_dir: Path) -> int | None:
+    from safetensors import safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.exists():
+        return None
+    with safe_open(str(weights), "pt") as f:
+        for key in f.keys():
+            if key.endswith("classifier.bias"):
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
+def push_adapter(adapter_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+                 base_model: str | None = None, commit_message: str = "Upload KAdaptation adapter") -> str:  # fmt: skip
+    """Upload an adapter directory with a correct model card. Honours HF_TOKEN and HF_ENDPOINT. Returns the commit URL.
+
+    `base_model` (a Hub id) defaults to the Hub equivalent of the adapter's base model; a local path is never written
+    as base model: pass `base_model` when the base came from disk.
+    """
+    from huggingface_hub import HfApi
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: pass the directory save_pretrained wrote.")
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if config.get("peft_type") != "KADAPTATION":
+        raise ValueError(f"{adapter_dir} holds a {config.get('peft_type')} adapter, not a KAdaptation one.")
+    metrics = json.loads((adapter_dir / "metrics.json").read_text()) if (adapter_dir / "metrics.json").exists() else None
+    source = (metrics or {}).get("model_name_or_path") or config.get("base_model_name_or_path") or ""
+    base_model = base_model or hub_id_for(source)
+    if base_model and os.path.exists(base_model):
+        raise ValueError(f"`base_model` must be a Hub id, not a local path ({base_model!r}).")
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token or os.environ.get("HF_TOKEN"))
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        for name in SHARED_FILES:
+            if (adapter_dir / name).exists():
+                shutil.copy2(adapter_dir / name, staging / name)
+        config["base_model_name_or_path"] = base_model  # never a local absolute path on the Hub
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_model_card(staging, metrics=metrics, base_model=base_model, repo_id=repo_id)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, commit_message=commit_message)
+    return getattr(info, "commit_url", str(info))
