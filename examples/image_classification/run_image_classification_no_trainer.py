@@ -58,6 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="outputs/no_trainer")
     p.add_argument("--cpu", action="store_true", help="force CPU (multi-process over gloo under torchrun)")
+    p.add_argument(
+        "--save_every_rank",
+        action="store_true",
+        help="also write each process's trainable weights to rank<N>.safetensors (to check they agree)",
+    )
     return p.parse_args(argv)
 
 
@@ -130,6 +135,13 @@ def main(argv=None) -> None:
     test = evaluate(model, eval_loaders["test"], accelerator)
 
     output_dir = Path(args.output_dir)
+    if args.save_every_rank:
+        from safetensors.torch import save_file
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        mine = {n: p.detach().contiguous() for n, p in accelerator.unwrap_model(model).named_parameters()
+                if p.requires_grad}  # fmt: skip
+        save_file(mine, str(output_dir / f"rank{accelerator.process_index}.safetensors"))
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     state_dict = accelerator.get_state_dict(model)
