@@ -53,7 +53,8 @@ class KAdaptationConfig(PeftConfig):
 
     where the n "slow" matrices A_i (n × n) are shared by every layer of a sharing group and the "fast" factors
     u_i (k/n × r) and v_i (d/n × r) belong to one layer. A layer costs r·(k + d) trainable parameters, like LoRA at
-    rank r; each sharing group costs n³ once. rank(ΔW) can reach min(n²·r, k, d).
+    rank r; each sharing group costs n³ once (2·n²·slow_rank with `slow_rank`). rank(ΔW) can reach min(n²·r, k, d)
+    (min(n·slow_rank·r, k, d) with `slow_rank`).
 
     Args:
         n (`int`):
@@ -88,6 +89,10 @@ class KAdaptationConfig(PeftConfig):
             Which layers share one A-set. `"per_target"` (default, the paper's choice): one A-set per target-module
             name (e.g. all `q_proj` layers share one, all `v_proj` layers another). `"global"`: one A-set for every
             adapted layer. `"none"`: one A-set per layer.
+        slow_rank (`Optional[int]`):
+            `None` (default): each A_i is a full n × n matrix, n³ parameters per sharing group. An integer ρ in [1, n]:
+            each A_i = a_i c_iᵀ with a_i, c_i of shape n × ρ, 2·n²·ρ parameters per group (the official code uses
+            ρ = 1). Lowers the rank bound of ΔW from n²·r to n·ρ·r.
         forward_mode (`str`):
             How the adapter branch is computed. `"factored"` uses the Kronecker identity and never builds ΔW;
             `"materialized"` builds ΔW once per forward and folds it into the base matmul; `"auto"` (default) picks
@@ -125,6 +130,10 @@ class KAdaptationConfig(PeftConfig):
     share_slow_weights: Literal["per_target", "global", "none"] = field(
         default="per_target", metadata={"help": "Sharing of the A-set: 'per_target', 'global' or 'none'."}
     )
+    slow_rank: int | None = field(
+        default=None,
+        metadata={"help": "None: full n×n slow matrices; an integer ρ in [1, n]: A_i = a_i c_iᵀ, rank ρ."},
+    )
     forward_mode: Literal["auto", "factored", "materialized"] = field(
         default="auto", metadata={"help": "'auto', 'factored' or 'materialized' adapter branch."}
     )
@@ -143,6 +152,15 @@ class KAdaptationConfig(PeftConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` should be a positive integer value but the value passed is {value!r}.")
+        if self.slow_rank is not None and (
+            isinstance(self.slow_rank, bool)
+            or not isinstance(self.slow_rank, int)
+            or not 1 <= self.slow_rank <= self.n
+        ):
+            raise ValueError(
+                f"`slow_rank` should be None (full n×n slow matrices) or an integer between 1 and n={self.n}, but the "
+                f"value passed is {self.slow_rank!r}."
+            )
         if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool):
             raise ValueError(f"`alpha` should be a number but the value passed is {self.alpha!r}.")
         if not 0.0 <= self.kadapt_dropout < 1.0:

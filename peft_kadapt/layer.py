@@ -12,7 +12,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
 from .config import KAdaptationConfig
-from .functional import kron_delta_weight, kron_forward, prefer_factored
+from .functional import kron_delta_weight, kron_forward, prefer_factored, slow_matrices
 
 
 SUPPORTED_LAYER_TYPES = ("torch.nn.Linear",)
@@ -43,8 +43,9 @@ def check_supported(module: nn.Module, module_name: str) -> None:
 
 
 class KAdaptationLayer(BaseTunerLayer):
-    # per-adapter trainable containers; `kadapt_A` is the model-level container of shared slow weights
-    adapter_layer_names = ("kadapt_u", "kadapt_v", "kadapt_A")
+    # per-adapter trainable containers; `kadapt_A` (full A_i, or left factors a_i) and `kadapt_A_right` (right factors
+    # c_i, with `slow_rank`) are the model-level containers of shared slow weights
+    adapter_layer_names = ("kadapt_u", "kadapt_v", "kadapt_A", "kadapt_A_right")
     other_param_names = ("n", "r", "scaling", "kadapt_dropout", "slow_key", "forward_mode")
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
@@ -57,7 +58,8 @@ class KAdaptationLayer(BaseTunerLayer):
         self.kadapt_dropout = nn.ModuleDict({})
         self.kadapt_u = nn.ParameterDict({})
         self.kadapt_v = nn.ParameterDict({})
-        self.kadapt_A = nn.ModuleDict({})  # replaced by the tuner's shared container in update_layer
+        self.kadapt_A = nn.ModuleDict({})  # replaced by the tuner's shared containers in update_layer
+        self.kadapt_A_right = nn.ModuleDict({})
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
@@ -73,6 +75,7 @@ class KAdaptationLayer(BaseTunerLayer):
         config: KAdaptationConfig,
         module_name: str = "",
         inference_mode: bool = False,
+        kadapt_A_right: nn.ModuleDict | None = None,
     ) -> None:
         n, r = config.n, config.r
         check_n_divides(n, self.in_features, self.out_features, module_name or type(self).__name__)
@@ -85,6 +88,8 @@ class KAdaptationLayer(BaseTunerLayer):
         self.kadapt_u[adapter_name] = nn.Parameter(torch.empty(self.out_features // n, n, r))  # u[:, i] = u_i
         self.kadapt_v[adapter_name] = nn.Parameter(torch.empty(self.in_features // n, n, r))  # v[:, i] = v_i
         self.kadapt_A = kadapt_A
+        if kadapt_A_right is not None:
+            self.kadapt_A_right = kadapt_A_right
         self.reset_kadapt_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
@@ -100,8 +105,15 @@ class KAdaptationLayer(BaseTunerLayer):
         else:
             nn.init.normal_(self.kadapt_v[adapter_name], std=U_INIT_STD)
 
+    def slow_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(A, None) for full slow matrices, (a, c) with A_i = a_i c_iᵀ for factorised ones."""
+        key = self.slow_key[adapter_name]
+        right = self.kadapt_A_right[adapter_name][key] if adapter_name in self.kadapt_A_right else None
+        return self.kadapt_A[adapter_name][key], right
+
     def slow_weights(self, adapter_name: str) -> torch.Tensor:
-        return self.kadapt_A[adapter_name][self.slow_key[adapter_name]]
+        """The (n, n, n) stack of A_i (built from its factors when factorised)."""
+        return slow_matrices(*self.slow_factors(adapter_name))
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW of one adapter, shape (out_features, in_features), in the dtype of the base weight."""
@@ -150,7 +162,9 @@ class KAdaptationLayer(BaseTunerLayer):
         if mode != "auto":
             return mode == "factored"
         n, r = self.n[adapter_name], self.r[adapter_name]
-        return prefer_factored(n, r, self.in_features, self.out_features, tokens, torch.is_grad_enabled())
+        right = self.slow_factors(adapter_name)[1]
+        slow_rank = None if right is None else right.shape[-1]
+        return prefer_factored(n, r, self.in_features, self.out_features, tokens, torch.is_grad_enabled(), slow_rank)
 
     def _can_fold(self) -> bool:
         # folding ΔW into the base matmul bypasses base_layer.forward: only for a plain nn.Linear without hooks
@@ -191,8 +205,8 @@ class KAdaptationLayer(BaseTunerLayer):
             u = self.kadapt_u[name]
             x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, u.dtype))
             if how == "factored":
-                A, v = self.slow_weights(name), self.kadapt_v[name]
-                result = result + kron_forward(x_in, A, u, v, self.scaling[name]).to(result_dtype)
+                (A, A_right), v = self.slow_factors(name), self.kadapt_v[name]
+                result = result + kron_forward(x_in, A, u, v, self.scaling[name], A_right).to(result_dtype)
             else:
                 delta = self.get_delta_weight(name)
                 result = result + F.linear(x_in.to(delta.dtype), delta).to(result_dtype)
@@ -210,12 +224,14 @@ class Linear(nn.Module, KAdaptationLayer):
         slow_key: str,
         config: KAdaptationConfig,
         module_name: str = "",
+        kadapt_A_right: nn.ModuleDict | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
         KAdaptationLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, kadapt_A, slow_key, config, module_name=module_name)
+        self.update_layer(adapter_name, kadapt_A, slow_key, config, module_name=module_name,
+                          kadapt_A_right=kadapt_A_right)  # fmt: skip
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.kadapt_forward(x, *args, **kwargs)

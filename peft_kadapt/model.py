@@ -12,8 +12,9 @@ from .config import TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING, K
 from .layer import KAdaptationLayer, Linear, check_n_divides, check_supported
 
 
-SLOW = "kadapt_A"
-_SLOW_INFIX = f".{SLOW}."
+SLOW = "kadapt_A"  # full A_i, or left factors a_i with `slow_rank`
+SLOW_RIGHT = "kadapt_A_right"  # right factors c_i with `slow_rank`
+_SLOW_INFIXES = (f".{SLOW}.", f".{SLOW_RIGHT}.")
 
 
 class KAdaptationModel(BaseTuner):
@@ -52,11 +53,11 @@ class KAdaptationModel(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING
     uses_shared_state: bool = True
 
-    def _slow_container(self) -> nn.ModuleDict:
+    def _slow_container(self, name: str = SLOW) -> nn.ModuleDict:
         # created lazily: `_pre_injection_hook` does not run for `add_adapter` / `load_adapter`
-        if SLOW not in self._modules:
-            self.add_module(SLOW, nn.ModuleDict({}))
-        return self._modules[SLOW]
+        if name not in self._modules:
+            self.add_module(name, nn.ModuleDict({}))
+        return self._modules[name]
 
     @staticmethod
     def _slow_key(config: KAdaptationConfig, target_name: str, current_key: str) -> str:
@@ -95,29 +96,42 @@ class KAdaptationModel(BaseTuner):
         check_n_divides(kadapt_config.n, base.in_features, base.out_features, current_key)
 
         slow_key = self._slow_key(kadapt_config, target_name, current_key)
-        container = self._slow_container()
-        if adapter_name not in container:
-            container[adapter_name] = nn.ParameterDict({})
-        if slow_key not in container[adapter_name]:
-            n = kadapt_config.n
-            A = torch.empty(n, n, n, device=base.weight.device)
-            if not A.is_meta:
-                nn.init.normal_(A)
-            container[adapter_name][slow_key] = nn.Parameter(A)
-
+        container = self._create_slow_weights(kadapt_config, adapter_name, slow_key, base.weight.device)
+        right = self._slow_container(SLOW_RIGHT) if kadapt_config.slow_rank is not None else None
         if isinstance(target, KAdaptationLayer):
-            target.update_layer(adapter_name, container, slow_key, kadapt_config, module_name=current_key)
+            target.update_layer(adapter_name, container, slow_key, kadapt_config, module_name=current_key,
+                                kadapt_A_right=right)  # fmt: skip
             return
-        new_module = Linear(target, adapter_name, container, slow_key, kadapt_config, module_name=current_key)
+        new_module = Linear(target, adapter_name, container, slow_key, kadapt_config, module_name=current_key,
+                            kadapt_A_right=right)  # fmt: skip
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def _create_slow_weights(
+        self, config: KAdaptationConfig, adapter_name: str, slow_key: str, device
+    ) -> nn.ModuleDict:
+        """The group's A-set, once: (n, n, n), or factors a, c of shape (n, n, ρ) with `slow_rank` ρ."""
+        n, rho = config.n, config.slow_rank
+        names = (SLOW,) if rho is None else (SLOW, SLOW_RIGHT)
+        for name in names:
+            container = self._slow_container(name)
+            if adapter_name not in container:
+                container[adapter_name] = nn.ParameterDict({})
+            if slow_key in container[adapter_name]:
+                continue
+            A = torch.empty(n, n, n if rho is None else rho, device=device)
+            if not A.is_meta:
+                # entries of a_i c_iᵀ keep unit variance: each factor has std ρ^(-1/4)
+                nn.init.normal_(A, std=1.0 if rho is None else rho**-0.25)
+            container[adapter_name][slow_key] = nn.Parameter(A)
+        return self._slow_container(SLOW)
+
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        container = self._slow_container()
-        if adapter_name in container:
-            del container[adapter_name]
+        for name in (SLOW, SLOW_RIGHT):
+            if name in self._modules and adapter_name in self._modules[name]:
+                del self._modules[name][adapter_name]
 
     # Saving and loading: the model state_dict holds every slow-weight tensor once per alias (the model-level
     # container plus one reference per layer); the checkpoint holds it once, under the model-level key.
@@ -127,9 +141,10 @@ class KAdaptationModel(BaseTuner):
         """Map each slow-weight alias key to the shortest key with the same suffix (the model-level one)."""
         by_suffix: dict[str, list[str]] = {}
         for key in keys:
-            if _SLOW_INFIX in f".{key}":
-                suffix = f".{key}".rsplit(_SLOW_INFIX, 1)[1]
-                by_suffix.setdefault(suffix, []).append(key)
+            for infix in _SLOW_INFIXES:
+                if infix in f".{key}":
+                    suffix = infix + f".{key}".rsplit(infix, 1)[1]
+                    by_suffix.setdefault(suffix, []).append(key)
         return {key: min(group, key=len) for group in by_suffix.values() for key in group}
 
     @classmethod
@@ -142,7 +157,7 @@ class KAdaptationModel(BaseTuner):
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         model_state = model.state_dict(keep_vars=True)
-        pattern = re.compile(rf"(^|\.)kadapt_(A|u|v)\.{re.escape(adapter_name)}(\.|$)")
+        pattern = re.compile(rf"(^|\.)kadapt_(A|A_right|u|v)\.{re.escape(adapter_name)}(\.|$)")
         expected = [k for k in model_state if pattern.search(k)]
         canonical = cls._canonical_slow_keys(expected)
         for key in expected:  # fan each saved slow-weight tensor out to every alias

@@ -46,6 +46,18 @@ class ModelArguments:
     kadapt_r: int = field(default=1, metadata={"help": "KAdaptation: rank r of each fast product."})
     kadapt_alpha: float = field(default=4.0, metadata={"help": "KAdaptation: scaling = alpha / sqrt(n r)."})
     share_slow_weights: str = field(default="per_target", metadata={"help": "per_target, global or none."})
+    kadapt_slow_rank: int | None = field(
+        default=None, metadata={"help": "KAdaptation: rank of each slow matrix A_i (None = full n x n)."}
+    )
+    report_parameters: bool = field(
+        default=False,
+        metadata={"help": "Print the trainable parameters the KAdaptation config would create (per target and "
+                          "sharing group, beside LoRA at --lora_r) and exit without training."},
+    )  # fmt: skip
+    parameter_budget: int | None = field(
+        default=None,
+        metadata={"help": "With --report_parameters: also propose (n, r, slow_rank) fitting this budget."},
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA / LoKr rank."})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA / LoKr alpha."})
 
@@ -111,7 +123,8 @@ def build_model(model_args: ModelArguments, names: list[str]):
     if model_args.method == "kadaptation":
         config = KAdaptationConfig(
             n=model_args.kadapt_n, r=model_args.kadapt_r, alpha=model_args.kadapt_alpha, target_modules=targets,
-            share_slow_weights=model_args.share_slow_weights, modules_to_save=[HEAD],
+            share_slow_weights=model_args.share_slow_weights, slow_rank=model_args.kadapt_slow_rank,
+            modules_to_save=[HEAD],
         )  # fmt: skip
     elif model_args.method == "lora":
         config = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, target_modules=targets,
@@ -271,8 +284,30 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(argv)
 
 
+def report_parameters(model_args: ModelArguments) -> str:
+    """The cost of the KAdaptation settings in `model_args` on its backbone (and budget proposals), as markdown."""
+    from .budget import parameter_report, propose_configs
+    from .config import KAdaptationConfig
+
+    model = AutoModelForImageClassification.from_pretrained(resolve_model(model_args.model_name_or_path))
+    targets = [t.strip() for t in model_args.target_modules.split(",")] if model_args.target_modules else None
+    config = KAdaptationConfig(n=model_args.kadapt_n, r=model_args.kadapt_r, slow_rank=model_args.kadapt_slow_rank,
+                               target_modules=targets, share_slow_weights=model_args.share_slow_weights)  # fmt: skip
+    text = parameter_report(model, config, lora_rank=model_args.lora_r).to_markdown()
+    if model_args.parameter_budget is not None:
+        text += f"\n\nSettings within {model_args.parameter_budget:,d} parameters (most expressive first):\n"
+        text += "| n | r | slow_rank | parameters | max rank of ΔW |\n|---|---|---|---|---|\n"
+        for setting, report in propose_configs(model, model_args.parameter_budget, targets,
+                                               model_args.share_slow_weights):  # fmt: skip
+            text += f"| {setting['n']} | {setting['r']} | {setting['slow_rank']} | {report.total:,d} | {report.max_rank} |\n"
+    return text
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
+    if model_args.report_parameters:
+        print(report_parameters(model_args))
+        return {}
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])  # fmt: skip
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())

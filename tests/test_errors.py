@@ -27,6 +27,11 @@ def test_n_and_r_must_be_positive_integers(field, value):
         (dict(share_slow_weights="layer"), "`share_slow_weights` should be one of ('per_target', 'global', 'none')"),
         (dict(forward_mode="fast"), "`forward_mode` should be one of ('auto', 'factored', 'materialized')"),
         (dict(alpha="big"), "`alpha` should be a number"),
+        (
+            dict(n=8, slow_rank=0),
+            "`slow_rank` should be None (full n×n slow matrices) or an integer between 1 and n=8",
+        ),
+        (dict(n=8, slow_rank=9), "but the value passed is 9"),
         (dict(target_modules=".*q_proj", layers_to_transform=[0]), "`layers_to_transform` cannot be used"),
         (dict(layers_pattern="layers"), "`layers_to_transform` must also be specified"),
     ],

@@ -69,3 +69,20 @@ def test_gradients_are_contiguous_in_both_forms():
         A.grad = u.grad = v.grad = None
         compute().square().sum().backward()
         assert all(t.grad.is_contiguous() for t in (A, u, v))  # DDP buckets warn and copy otherwise
+
+
+@pytest.mark.parametrize("n,rho,r,k,d", [(4, 1, 1, 16, 24), (6, 2, 2, 36, 36), (8, 4, 1, 64, 32), (4, 3, 2, 16, 16)])
+def test_factorised_slow_weights(n, rho, r, k, d):
+    from peft_kadapt.functional import slow_matrices
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, rho, generator=g, dtype=torch.float64)
+    c = torch.randn(n, n, rho, generator=g, dtype=torch.float64)
+    _, u, v = factors(n, r, k, d)
+    A = torch.stack([a[i] @ c[i].T for i in range(n)])
+    torch.testing.assert_close(slow_matrices(a, c), A)
+    x = torch.randn(3, d, dtype=torch.float64)
+    expected = x @ reference_delta(A, u, v, 0.9).T
+    torch.testing.assert_close(kron_forward(x, a, u, v, 0.9, A_right=c), expected)  # a_i (c_iᵀ ·) or built A_i
+    # rank(ΔW) <= n·ρ·r instead of n²·r
+    assert torch.linalg.matrix_rank(kron_delta_weight(A, u, v, 1.0)).item() <= min(n * rho * r, k, d)

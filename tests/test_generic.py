@@ -30,6 +30,13 @@ CASES = [
     ("vit-factored", make_vit, vit_inputs, dict(n=8, r=2, forward_mode="factored", modules_to_save=["classifier"])),
     ("vit-materialized", make_vit, vit_inputs, dict(n=2, forward_mode="materialized")),
     ("vit-layer1", make_vit, vit_inputs, dict(n=4, layers_to_transform=[1], layers_pattern="layers")),
+    ("vit-slow-rank", make_vit, vit_inputs, dict(n=4, slow_rank=1, modules_to_save=["classifier"])),
+    (
+        "mlp-slow-rank-global",
+        make_mlp,
+        mlp_inputs,
+        dict(target_modules=["lin0", "lin1"], n=4, slow_rank=2, share_slow_weights="global", forward_mode="factored"),
+    ),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -78,7 +85,8 @@ def test_default_init_is_identity_and_every_factor_trains(case):
         outputs(model, inputs).square().sum().backward()
         if step == 1:  # after one step v != 0, so u and A receive gradient too
             for name, layer in kadapt_layers(model):
-                for tensor in (layer.kadapt_u["default"], layer.kadapt_v["default"], layer.slow_weights("default")):
+                slow = [t for t in layer.slow_factors("default") if t is not None]
+                for tensor in (layer.kadapt_u["default"], layer.kadapt_v["default"], *slow):
                     assert tensor.grad is not None and tensor.grad.abs().sum() > 0, name
         optimizer.step()
     for _, layer in kadapt_layers(model):
@@ -109,16 +117,21 @@ def test_slow_weights_are_one_shared_tensor(case):
     mode = groups(case[3])
     expected_groups = {"global": 1, "none": len(layers)}.get(mode, len({n.rsplit(".", 1)[1] for n, _ in layers}))
     assert len(container) == expected_groups
+    rho = case[3].get("slow_rank")
     for _, layer in layers:
-        assert layer.slow_weights("default") is container[layer.slow_key["default"]]
-    ptrs = {layer.slow_weights("default").data_ptr() for _, layer in layers}
+        left, right = layer.slow_factors("default")
+        assert left is container[layer.slow_key["default"]]
+        if rho is not None:
+            assert right is model.base_model.kadapt_A_right["default"][layer.slow_key["default"]]
+    ptrs = {layer.slow_factors("default")[0].data_ptr() for _, layer in layers}
     assert len(ptrs) == expected_groups
     # counted once by print_trainable_parameters
     trainable, _ = model.get_nb_trainable_parameters()
     n, r = case[3]["n"], case[3].get("r", 1)
     fast = sum(r * (lay.in_features + lay.out_features) for _, lay in layers)
     head = sum(p.numel() for k, p in model.named_parameters() if "modules_to_save" in k)
-    assert trainable == fast + expected_groups * n**3 + head
+    slow = n**3 if rho is None else 2 * n * n * rho
+    assert trainable == fast + expected_groups * slow + head
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -127,9 +140,10 @@ def test_save_and_load_round_trip(case, tmp_path):
     expected = outputs(model, inputs)
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    slow_keys = [k for k in saved if ".kadapt_A." in k]
-    assert len(slow_keys) == len(model.base_model.kadapt_A["default"])  # one tensor per group, no aliases
-    assert all(k.startswith("base_model.kadapt_A.") for k in slow_keys)
+    slow_keys = [k for k in saved if ".kadapt_A." in k or ".kadapt_A_right." in k]
+    per_group = 1 if case[3].get("slow_rank") is None else 2  # A, or its two factors
+    assert len(slow_keys) == per_group * len(model.base_model.kadapt_A["default"])  # once per group, no aliases
+    assert all(k.startswith("base_model.kadapt_A") for k in slow_keys)
     assert (tmp_path / "README.md").exists()
     for low_cpu_mem_usage in (False, True):
         with warnings.catch_warnings():
@@ -139,7 +153,7 @@ def test_save_and_load_round_trip(case, tmp_path):
         layers = kadapt_layers(loaded)
         container = loaded.base_model.kadapt_A["default"]
         for _, layer in layers:
-            assert layer.slow_weights("default").data_ptr() == container[layer.slow_key["default"]].data_ptr()
+            assert layer.slow_factors("default")[0].data_ptr() == container[layer.slow_key["default"]].data_ptr()
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -205,7 +219,7 @@ def test_deepcopy_pickle_and_dtype_casts_keep_sharing(case):
         torch.testing.assert_close(outputs(clone, inputs), expected)
         container = clone.base_model.kadapt_A["default"]
         for _, layer in kadapt_layers(clone):
-            assert layer.slow_weights("default") is container[layer.slow_key["default"]]
+            assert layer.slow_factors("default")[0] is container[layer.slow_key["default"]]
         with torch.no_grad():
             for p in container.values():
                 p.add_(1.0)  # a change through the container reaches every layer of the clone, not the original
@@ -218,7 +232,7 @@ def test_deepcopy_pickle_and_dtype_casts_keep_sharing(case):
         torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
         container = cast.base_model.kadapt_A["default"]
         for _, layer in kadapt_layers(cast):
-            assert layer.slow_weights("default") is container[layer.slow_key["default"]]
+            assert layer.slow_factors("default")[0] is container[layer.slow_key["default"]]
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -226,10 +240,11 @@ def test_convert_to_lora_reproduces_outputs(case):
     from peft import convert_to_lora, set_peft_model_state_dict
 
     model, inputs = build(case, init_weights=False)
-    n, r = case[3]["n"], case[3].get("r", 1)
+    n, r, rho = case[3]["n"], case[3].get("r", 1), case[3].get("slow_rank")
+    bound = n * n * r if rho is None else n * rho * r  # rank(ΔW) <= n²·r, or n·ρ·r with factorised slow weights
     smallest = min(min(lay.in_features, lay.out_features) for _, lay in kadapt_layers(model))
-    # rank(ΔW) <= n²·r: that rank is exact; where n²·r exceeds a layer's size, keep every singular value instead
-    rank = n * n * r if n * n * r <= smallest else 1.0
+    # a LoRA of that rank is exact; where the bound exceeds a layer's size, keep every singular value instead
+    rank = bound if bound <= smallest else 1.0
     assert model.supports_lora_conversion()
     lora_config, lora_state = convert_to_lora(model, rank=rank)
     lora_model = get_peft_model(case[1](), lora_config)
