@@ -29,6 +29,8 @@ def main() -> None:
         "KAdaptation n=32 r=1 (paper)": peft_kadapt.KAdaptationConfig(n=32, r=1),
         "KAdaptation n=16 r=1": peft_kadapt.KAdaptationConfig(n=16, r=1),
         "KAdaptation n=8 r=1": peft_kadapt.KAdaptationConfig(n=8, r=1),
+        "KAdaptation n=32 r=1 slow_rank=1 (official code's form)": peft_kadapt.KAdaptationConfig(n=32, r=1, slow_rank=1),
+        "KAdaptation n=32 r=1 slow_rank=4": peft_kadapt.KAdaptationConfig(n=32, r=1, slow_rank=4),
         "KAdaptation n=32 r=1, share 'global'": peft_kadapt.KAdaptationConfig(n=32, r=1, share_slow_weights="global"),
         "KAdaptation n=32 r=1, share 'none'": peft_kadapt.KAdaptationConfig(n=32, r=1, share_slow_weights="none"),
         "LoRA r=1": LoraConfig(r=1, target_modules=qv),
@@ -41,7 +43,7 @@ def main() -> None:
         model = get_peft_model(ViTForImageClassification(config), peft_config)
         trainable, _ = model.get_nb_trainable_parameters()
         if isinstance(peft_config, peft_kadapt.KAdaptationConfig):
-            rank = min(peft_config.n**2 * peft_config.r, 768)
+            rank = min(peft_config.n * (peft_config.slow_rank or peft_config.n) * peft_config.r, 768)
         elif isinstance(peft_config, LoraConfig):
             rank = peft_config.r
         else:  # LoKr: ΔW = w1 ⊗ (w2_a w2_b), rank(ΔW) = rank(w1) · rank(w2)
