@@ -29,7 +29,9 @@ def main() -> None:
         "KAdaptation n=32 r=1 (paper)": peft_kadapt.KAdaptationConfig(n=32, r=1),
         "KAdaptation n=16 r=1": peft_kadapt.KAdaptationConfig(n=16, r=1),
         "KAdaptation n=8 r=1": peft_kadapt.KAdaptationConfig(n=8, r=1),
-        "KAdaptation n=32 r=1 slow_rank=1 (official code's form)": peft_kadapt.KAdaptationConfig(n=32, r=1, slow_rank=1),
+        "KAdaptation n=32 r=1 slow_rank=1 (official code's form)": peft_kadapt.KAdaptationConfig(
+            n=32, r=1, slow_rank=1
+        ),
         "KAdaptation n=32 r=1 slow_rank=4": peft_kadapt.KAdaptationConfig(n=32, r=1, slow_rank=4),
         "KAdaptation n=32 r=1, share 'global'": peft_kadapt.KAdaptationConfig(n=32, r=1, share_slow_weights="global"),
         "KAdaptation n=32 r=1, share 'none'": peft_kadapt.KAdaptationConfig(n=32, r=1, share_slow_weights="none"),

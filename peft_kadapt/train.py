@@ -49,6 +49,11 @@ class ModelArguments:
     kadapt_slow_rank: int | None = field(
         default=None, metadata={"help": "KAdaptation: rank of each slow matrix A_i (None = full n x n)."}
     )
+    kadapt_config: str | None = field(
+        default=None,
+        metadata={"help": "A saved KAdaptationConfig (a directory with adapter_config.json, e.g. the one "
+                          "`kadapt intrinsic-dim` recommends); replaces the other --kadapt_* and --target_modules flags."},
+    )  # fmt: skip
     report_parameters: bool = field(
         default=False,
         metadata={"help": "Print the trainable parameters the KAdaptation config would create (per target and "
@@ -120,7 +125,10 @@ def build_model(model_args: ModelArguments, names: list[str]):
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith(HEAD + ".")
         return model, False
-    if model_args.method == "kadaptation":
+    if model_args.method == "kadaptation" and model_args.kadapt_config:
+        config = KAdaptationConfig.from_pretrained(model_args.kadapt_config)
+        config.modules_to_save = [HEAD]
+    elif model_args.method == "kadaptation":
         config = KAdaptationConfig(
             n=model_args.kadapt_n, r=model_args.kadapt_r, alpha=model_args.kadapt_alpha, target_modules=targets,
             share_slow_weights=model_args.share_slow_weights, slow_rank=model_args.kadapt_slow_rank,
