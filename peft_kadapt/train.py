@@ -26,7 +26,7 @@ from .pretrained import DINOV2_SMALL_ALIAS, IMAGENET_MEAN, IMAGENET_STD, resolve
 
 
 logger = logging.getLogger(__name__)
-METHODS = ("kadaptation", "lora", "lokr", "linear", "full")
+METHODS = ("kadaptation", "lora", "lokr", "linear", "bitfit", "full")
 HEAD = "classifier"
 
 
@@ -38,7 +38,7 @@ class ModelArguments:
         default=DINOV2_SMALL_ALIAS,
         metadata={"help": f"Hub id, local path, or the offline alias {DINOV2_SMALL_ALIAS!r}."},
     )
-    method: str = field(default="kadaptation", metadata={"help": f"One of {METHODS}."})
+    method: str = field(default="kadaptation", metadata={"help": f"One of {METHODS} (bitfit: biases and head)."})
     target_modules: str | None = field(
         default=None, metadata={"help": "Comma-separated module names to adapt; q/v projections when unset."}
     )
@@ -121,9 +121,11 @@ def build_model(model_args: ModelArguments, names: list[str]):
                              "--target_modules.")  # fmt: skip
     if model_args.method == "full":
         return model, False
-    if model_args.method == "linear":
+    if model_args.method in ("linear", "bitfit"):  # bitfit: the head and every bias
         for name, param in model.named_parameters():
-            param.requires_grad = name.startswith(HEAD + ".")
+            param.requires_grad = name.startswith(HEAD + ".") or (
+                model_args.method == "bitfit" and name.endswith(".bias")
+            )
         return model, False
     if model_args.method == "kadaptation" and model_args.kadapt_config:
         config = KAdaptationConfig.from_pretrained(model_args.kadapt_config)

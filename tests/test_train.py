@@ -28,7 +28,7 @@ def train_args(backbone, out, *extra):
             "--output_dir", str(out), "--disable_tqdm", "true", *extra]  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["kadaptation", "lora", "lokr", "linear", "full"])
+@pytest.mark.parametrize("method", ["kadaptation", "lora", "lokr", "linear", "bitfit", "full"])
 def test_every_method_trains_and_reports(method, tiny_backbone, tmp_path):
     assert kadapt(train_args(tiny_backbone, tmp_path, "--method", method)) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -38,7 +38,8 @@ def test_every_method_trains_and_reports(method, tiny_backbone, tmp_path):
     assert metrics["saved_file_bytes"] == (tmp_path / metrics["saved_file"]).stat().st_size
     assert (tmp_path / "training_curve.png").stat().st_size > 1000
     head = 32 * 10 + 10
-    expected_trainable = {"linear": head, "full": None}.get(method)
+    biases = 2 * (4 * 32 + 48 + 32 + 2 * 32) + 32 + 32  # blocks (q,k,v,o, fc1, fc2, 2 LN), final LN, patch embedding
+    expected_trainable = {"linear": head, "bitfit": head + biases, "full": None}.get(method)
     if expected_trainable is not None:
         assert metrics["trainable_parameters"] == expected_trainable
     if method == "kadaptation":
@@ -73,6 +74,6 @@ def test_example_script_and_bad_method(tiny_backbone, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "lora"
     with pytest.raises(
-        ValueError, match=r"`method` must be one of \('kadaptation', 'lora', 'lokr', 'linear', 'full'\)"
+        ValueError, match=r"`method` must be one of \('kadaptation', 'lora', 'lokr', 'linear', 'bitfit', 'full'\)"
     ):
         kadapt(train_args(tiny_backbone, tmp_path / "x", "--method", "adapter"))
