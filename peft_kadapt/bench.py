@@ -52,12 +52,14 @@ def _tensors(split, transform):
     return torch.stack(batch["pixel_values"]), torch.tensor(batch["labels"])
 
 
-def _fit(model, x, y, lr, epochs, batch_size, seed, extra) -> float:
-    """Train for `epochs` (AdamW, cosine); returns seconds."""
+def _fit(model, x, y, lr, epochs, batch_size, seed, extra, min_steps: int = 0) -> float:
+    """Train for `epochs`, or more epochs until `min_steps` optimiser steps (AdamW, cosine); returns seconds."""
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    steps = epochs * math.ceil(len(y) / batch_size)
+    per_epoch = math.ceil(len(y) / batch_size)
+    epochs = max(epochs, math.ceil(min_steps / per_epoch))
+    steps = epochs * per_epoch
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     model.train()
     start = time.perf_counter()
@@ -75,10 +77,15 @@ def _fit(model, x, y, lr, epochs, batch_size, seed, extra) -> float:
 
 @torch.no_grad()
 def _accuracy(model, x, y, extra) -> float:
+    return _scores(model, x, y, extra)[0]
+
+
+@torch.no_grad()
+def _scores(model, x, y, extra) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy)."""
     model.eval()
-    correct = sum((model(pixel_values=x[i : i + 100], **extra).logits.argmax(-1) == y[i : i + 100]).sum().item()
-                  for i in range(0, len(y), 100))  # fmt: skip
-    return correct / len(y)
+    logits = torch.cat([model(pixel_values=x[i : i + 100], **extra).logits for i in range(0, len(y), 100)])
+    return (logits.argmax(-1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
 
 
 def _saved_bytes(model, is_peft: bool) -> int:
@@ -92,23 +99,25 @@ def _saved_bytes(model, is_peft: bool) -> int:
 def run_one(args, spec: ModelArguments, lrs, data, names) -> dict:
     """Grid on validation, retrain the chosen lr on all shots, test once."""
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te), extra = data
-    val = {}
+    val, val_loss = {}, {}
     for lr in lrs:
         torch.manual_seed(args.train_seed)
         model, _ = build_model(spec, names)
-        _fit(model, x_tr, y_tr, lr, args.epochs, args.batch_size, args.train_seed, extra)
-        val[lr] = _accuracy(model, x_val, y_val, extra)
-    best_lr = max(lrs, key=lambda lr: (val[lr], -lr))  # ties: the smaller rate
+        _fit(model, x_tr, y_tr, lr, args.epochs, args.batch_size, args.train_seed, extra, args.min_steps)
+        val[lr], val_loss[lr] = _scores(model, x_val, y_val, extra)
+    # a few validation images tie often: ties go to the lower validation loss
+    best_lr = max(lrs, key=lambda lr: (val[lr], -val_loss[lr]))
     torch.manual_seed(args.train_seed)
     model, is_peft = build_model(spec, names)
     seconds = _fit(model, torch.cat([x_tr, x_val]), torch.cat([y_tr, y_val]), best_lr, args.epochs, args.batch_size,
-                   args.train_seed, extra)  # fmt: skip
+                   args.train_seed, extra, args.min_steps)  # fmt: skip
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" in n)
     backbone = sum(p.numel() for n, p in model.named_parameters() if "classifier" not in n and "kadapt_" not in n
                    and "lora_" not in n and "lokr_" not in n)  # fmt: skip
     accuracy = _accuracy(model, x_te, y_te, extra)
-    return {"validation": {str(k): v for k, v in val.items()}, "chosen_lr": best_lr, "test_accuracy": accuracy,
+    return {"validation": {str(k): v for k, v in val.items()},
+            "validation_loss": {str(k): v for k, v in val_loss.items()}, "chosen_lr": best_lr, "test_accuracy": accuracy,
             "trainable_parameters": trainable, "adapter_parameters": trainable - head,
             "saved_bytes": _saved_bytes(model, is_peft), "train_seconds": round(seconds, 2),
             "performance_efficiency": performance_efficiency(accuracy, trainable, backbone)}  # fmt: skip
@@ -173,6 +182,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test_per_class", type=int, default=50)
     p.add_argument("--full_shot_subset", type=int, default=100, help="images per class used as 'full shot'")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--min_steps", type=int, default=40, help="train at least this many optimiser steps")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--train_seed", type=int, default=0)
     p.add_argument("--speed_rounds", type=int, default=3)
@@ -219,6 +229,8 @@ def run_bench(args) -> dict:
                                  "method": method, **result})  # fmt: skip
                     logger.info("%s k=%s seed=%d %s: test %.4f (lr %g)", dataset, k, seed, method,
                                 result["test_accuracy"], result["chosen_lr"])  # fmt: skip
+                    Path(args.output_dir).mkdir(parents=True, exist_ok=True)  # progress survives an interruption
+                    (Path(args.output_dir) / "results_partial.json").write_text(json.dumps(runs, indent=2))
     speed = measure_speed(args, methods, names, extra)
     out = {"settings": vars(args), "runs": runs, "speed": speed, "wall_time_s": round(time.perf_counter() - start, 1)}
     write_outputs(out, Path(args.output_dir))

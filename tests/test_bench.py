@@ -25,8 +25,8 @@ def test_smoke_run_writes_results_table_plot_and_speed(tmp_path):
     assert len(data["runs"]) == 2 * 2 * 4  # shots x seeds x methods
     for run in data["runs"]:
         assert set(run["validation"]) == {str(lr) for lr in METHODS[run["method"]][1]}
-        best = max(run["validation"].items(), key=lambda kv: (kv[1], -float(kv[0])))[0]
-        assert run["chosen_lr"] == float(best)  # best validation accuracy, ties to the smaller rate
+        best = max(run["validation"], key=lambda lr: (run["validation"][lr], -run["validation_loss"][lr]))
+        assert run["chosen_lr"] == float(best)  # best validation accuracy, ties to the lower validation loss
         assert 0 <= run["test_accuracy"] <= 1 and run["saved_bytes"] > 0
     full = [r for r in data["runs"] if str(r["shots"]).startswith("full")]
     assert full and all(r["shots"] == "full (12/class)" for r in full)
@@ -40,13 +40,13 @@ def test_validation_chooses_and_test_is_used_once(tmp_path, monkeypatch):
     import peft_kadapt.bench as bench
 
     calls = []
-    real = bench._accuracy
+    real = bench._scores
 
     def spy(model, x, y, extra):
         calls.append(len(y))
         return real(model, x, y, extra)
 
-    monkeypatch.setattr(bench, "_accuracy", spy)
+    monkeypatch.setattr(bench, "_scores", spy)
     torch.manual_seed(0)
     ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
     kadapt(["bench", "--model_name_or_path", str(tmp_path / "backbone"), "--datasets", "digits", "--shots", "5",
