@@ -16,15 +16,16 @@ import math
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import few_shot, image_transform, load_image_dataset
+from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .pretrained import DINOV2_SMALL_ALIAS
-from .train import ModelArguments, _normalisation, build_model
+from .train import ModelArguments, _normalisation, build_model, pos_encoding_kwargs
 
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,6 @@ METHODS = {  # name: (model arguments, learning-rate grid)
 def performance_efficiency(accuracy: float, trainable: int, backbone: int) -> float:
     """ELEVATER's performance-efficiency metric: accuracy · exp(-log10(trainable / backbone + 1))."""
     return accuracy * math.exp(-math.log10(trainable / backbone + 1))
-
-
-def _tensors(split, transform):
-    batch = transform(split[:])
-    return torch.stack(batch["pixel_values"]), torch.tensor(batch["labels"])
 
 
 def _fit(model, x, y, lr, epochs, batch_size, seed, extra, min_steps: int = 0) -> float:
@@ -98,17 +94,19 @@ def _saved_bytes(model, is_peft: bool) -> int:
 
 def run_one(args, spec: ModelArguments, lrs, data, names) -> dict:
     """Grid on validation, retrain the chosen lr on all shots, test once."""
-    (x_tr, y_tr), (x_val, y_val), (x_te, y_te), extra = data
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
     val, val_loss = {}, {}
     for lr in lrs:
         torch.manual_seed(args.train_seed)
         model, _ = build_model(spec, names)
+        extra = pos_encoding_kwargs(model, args.resolution)
         _fit(model, x_tr, y_tr, lr, args.epochs, args.batch_size, args.train_seed, extra, args.min_steps)
         val[lr], val_loss[lr] = _scores(model, x_val, y_val, extra)
     # a few validation images tie often: ties go to the lower validation loss
     best_lr = max(lrs, key=lambda lr: (val[lr], -val_loss[lr]))
     torch.manual_seed(args.train_seed)
     model, is_peft = build_model(spec, names)
+    extra = pos_encoding_kwargs(model, args.resolution)
     seconds = _fit(model, torch.cat([x_tr, x_val]), torch.cat([y_tr, y_val]), best_lr, args.epochs, args.batch_size,
                    args.train_seed, extra, args.min_steps)  # fmt: skip
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -123,7 +121,7 @@ def run_one(args, spec: ModelArguments, lrs, data, names) -> dict:
             "performance_efficiency": performance_efficiency(accuracy, trainable, backbone)}  # fmt: skip
 
 
-def measure_speed(args, methods: dict, names, extra) -> dict:
+def measure_speed(args, methods: dict, names) -> dict:
     x = torch.randn(args.batch_size, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, len(names), (args.batch_size,), generator=torch.Generator().manual_seed(0))
     built = {}
@@ -132,6 +130,7 @@ def measure_speed(args, methods: dict, names, extra) -> dict:
         model, _ = build_model(spec, names)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         built[name] = (model.train(), optimizer)
+    extra = pos_encoding_kwargs(model, args.resolution)  # the same backbone for every method
     times = {name: [] for name in built}
     for round_ in range(args.speed_rounds + 1):  # the first round warms up
         for name, (model, optimizer) in built.items():
@@ -197,10 +196,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_bench(args) -> dict:
-    from transformers import AutoConfig
-
-    from .pretrained import resolve_model
-
     start = time.perf_counter()
     unknown = [m for m in args.methods.split(",") if m not in METHODS]
     if unknown:
@@ -209,9 +204,9 @@ def run_bench(args) -> dict:
         methods = {m: (METHODS[m][0], (1e-3,) if m != "linear" else (1e-2,)) for m in args.methods.split(",")}
     else:
         methods = {m: METHODS[m] for m in args.methods.split(",")}
-    methods = {m: (replace_model(spec, args.model_name_or_path), lrs) for m, (spec, lrs) in methods.items()}
-    image_size = getattr(AutoConfig.from_pretrained(resolve_model(args.model_name_or_path)), "image_size", 0)
-    extra = {"interpolate_pos_encoding": True} if args.resolution != image_size else {}
+    methods = {
+        m: (replace(spec, model_name_or_path=args.model_name_or_path), lrs) for m, (spec, lrs) in methods.items()
+    }
     transform = image_transform(*_normalisation(args.model_name_or_path), args.resolution)
     runs = []
     for dataset in args.datasets.split(","):
@@ -221,8 +216,7 @@ def run_bench(args) -> dict:
             for seed in (int(s) for s in args.seeds.split(",")):
                 shots = k or args.full_shot_subset
                 splits = few_shot(source, shots, seed=seed, test_per_class=args.test_per_class)
-                data = (_tensors(splits["train"], transform), _tensors(splits["validation"], transform),
-                        _tensors(splits["test"], transform), extra)  # fmt: skip
+                data = [to_tensors(splits[name], transform) for name in ("train", "validation", "test")]
                 for method, (spec, lrs) in tqdm(methods.items(), desc=f"{dataset} k={k or 'full'} seed={seed}"):
                     result = run_one(args, spec, lrs, data, names)
                     runs.append({"dataset": dataset, "shots": k or f"full ({shots}/class)", "seed": seed,
@@ -231,16 +225,10 @@ def run_bench(args) -> dict:
                                 result["test_accuracy"], result["chosen_lr"])  # fmt: skip
                     Path(args.output_dir).mkdir(parents=True, exist_ok=True)  # progress survives an interruption
                     (Path(args.output_dir) / "results_partial.json").write_text(json.dumps(runs, indent=2))
-    speed = measure_speed(args, methods, names, extra)
+    speed = measure_speed(args, methods, names)
     out = {"settings": vars(args), "runs": runs, "speed": speed, "wall_time_s": round(time.perf_counter() - start, 1)}
     write_outputs(out, Path(args.output_dir))
     return out
-
-
-def replace_model(spec: ModelArguments, model_name_or_path: str) -> ModelArguments:
-    from dataclasses import replace
-
-    return replace(spec, model_name_or_path=model_name_or_path)
 
 
 def summarise(runs: list[dict]) -> list[dict]:

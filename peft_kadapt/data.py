@@ -254,3 +254,9 @@ def image_transform(image_mean, image_std, resolution: int) -> Callable[[dict], 
         return {"pixel_values": pixels, "labels": batch["label"]}
 
     return transform
+
+
+def to_tensors(split: Dataset, transform: Callable[[dict], dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole (small) split preprocessed at once: (pixel_values, labels)."""
+    batch = transform(split[:])
+    return torch.stack(batch["pixel_values"]), torch.tensor(batch["labels"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import few_shot, image_transform, load_image_dataset
+from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .intrinsic import DEFAULT_GROUPS, RunResult, d90, group_parameters, train_group_fully, train_subspace
 from .pretrained import DINOV2_SMALL_ALIAS, resolve_model
 
@@ -42,11 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _tensors(split, transform) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = transform(split[:])
-    return torch.stack(batch["pixel_values"]), torch.tensor(batch["labels"])
-
-
 def run_sweep(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForImageClassification
 
@@ -60,12 +55,12 @@ def run_sweep(args: argparse.Namespace) -> dict:
     model = AutoModelForImageClassification.from_pretrained(
         resolve_model(args.model_name_or_path), num_labels=len(names), ignore_mismatched_sizes=True
     )
-    from .train import _normalisation
+    from .train import _normalisation, pos_encoding_kwargs
 
     transform = image_transform(*_normalisation(args.model_name_or_path), args.resolution)
-    x_train, y_train = _tensors(splits["train"], transform)
-    x_test, y_test = _tensors(splits["test"], transform)
-    extra = {"interpolate_pos_encoding": True} if args.resolution != getattr(model.config, "image_size", 0) else {}
+    x_train, y_train = to_tensors(splits["train"], transform)
+    x_test, y_test = to_tensors(splits["test"], transform)
+    extra = pos_encoding_kwargs(model, args.resolution)
     head = [n for n, _ in model.named_parameters() if n.startswith("classifier.")]
     group_names = {g: group_parameters(model, regex) for g, regex in groups.items()}  # errors before any training
     params = dict(model.named_parameters())

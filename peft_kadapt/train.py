@@ -145,19 +145,25 @@ def build_model(model_args: ModelArguments, names: list[str]):
     return get_peft_model(model, config), True
 
 
+def pos_encoding_kwargs(model, resolution: int) -> dict:
+    """`{"interpolate_pos_encoding": True}` when the input size differs from the checkpoint's and the model's forward
+    takes that argument (ViT does; DINOv2 always interpolates and does not); else `{}`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes_it = "interpolate_pos_encoding" in inspect.signature(type(base).forward).parameters
+    return (
+        {"interpolate_pos_encoding": True} if takes_it and resolution != getattr(base.config, "image_size", 0) else {}
+    )
+
+
 def make_collator(model, resolution: int):
-    config = model.config
-    forward = inspect.signature(type(model.get_base_model() if hasattr(model, "get_base_model") else model).forward)
-    interpolate = "interpolate_pos_encoding" in forward.parameters and resolution != getattr(config, "image_size", 0)
+    extra = pos_encoding_kwargs(model, resolution)
 
     def collate(examples):
         batch = {
             "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
             "labels": torch.tensor([e["labels"] for e in examples]),
         }
-        if interpolate:
-            batch["interpolate_pos_encoding"] = True
-        return batch
+        return {**batch, **extra}
 
     return collate
 
