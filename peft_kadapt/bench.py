@@ -270,11 +270,9 @@ def write_outputs(out: dict, output_dir: Path) -> None:
 
 
 def pareto_plot(table: list[dict], path: Path) -> None:
-    import matplotlib
+    from ._plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     panels = sorted({(t["dataset"], t["shots"]) for t in table})
     markers = "osD^v<>ph*"
@@ -288,9 +286,7 @@ def pareto_plot(table: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.set_title("accuracy against parameters; marker = " + ", ".join(f"{d} k={k}" for d, k in panels), fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv=None) -> dict:

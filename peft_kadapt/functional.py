@@ -33,6 +33,11 @@ def kron_delta_weight(A: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scaling
     return delta.reshape(n * k_blk, n * d_blk) * scaling
 
 
+def apply_slow_factors_separately(n: int, slow_rank: int | None) -> bool:
+    """Whether a_i (c_iᵀ ·) costs less than building A_i = a_i c_iᵀ and applying it: 2·n·ρ < n² (2ρ < n)."""
+    return slow_rank is not None and 2 * slow_rank < n
+
+
 def slow_matrices(A: torch.Tensor, A_right: torch.Tensor | None = None) -> torch.Tensor:
     """The (n, n, n) stack of A_i: A itself, or a_i c_iᵀ from the factors when `A_right` is given."""
     return A if A_right is None else torch.bmm(A, A_right.transpose(1, 2))
@@ -51,7 +56,7 @@ def kron_forward(
     With factorised slow weights (`A_right` given) the A_i are applied as a_i (c_iᵀ ·), never built, when that is
     cheaper (2ρ < n): n²·ρ·r·2 instead of n³·r per token.
     """
-    if A_right is not None and 2 * A.shape[-1] >= A.shape[0]:
+    if A_right is not None and not apply_slow_factors_separately(A.shape[0], A.shape[-1]):
         A, A_right = slow_matrices(A, A_right), None
     k_blk, n, r = u.shape
     d_blk = v.shape[0]
@@ -69,7 +74,7 @@ def kron_forward(
 
 def factored_cost(n: int, r: int, in_features: int, out_features: int, slow_rank: int | None = None) -> int:
     """Multiply-adds per token of the factored forward."""
-    slow = n**3 * r if slow_rank is None or 2 * slow_rank >= n else 2 * n * n * slow_rank * r
+    slow = 2 * n * n * slow_rank * r if apply_slow_factors_separately(n, slow_rank) else n**3 * r
     return n * r * (in_features + out_features) + slow
 
 

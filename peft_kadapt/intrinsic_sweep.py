@@ -141,11 +141,9 @@ def write_outputs(out: dict, output_dir: Path) -> None:
 
 
 def plot(out: dict, path: Path) -> None:
-    import matplotlib
+    from ._plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for g in out["groups"]:
         runs = sorted((r["d"], r["accuracy"]) for r in out["runs"] if r["group"] == g)
@@ -159,9 +157,7 @@ def plot(out: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title(f"local intrinsic dimension, d90 dotted (reference: {out['reference']})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv=None) -> dict:

@@ -263,11 +263,9 @@ def _normalisation(model_name_or_path: str) -> tuple[list[float], list[float]]:
 
 
 def plot_training_curve(log_history: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
+    from ._plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [(e["epoch"], e["loss"]) for e in log_history if "loss" in e]
     val = [(e["epoch"], e["eval_accuracy"]) for e in log_history if "eval_accuracy" in e]
     fig, ax = plt.subplots(figsize=(6, 3.5))
