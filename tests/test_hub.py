@@ -82,7 +82,6 @@ def test_push_refuses_a_local_base_model_and_works_from_the_cli(adapter_dir, mon
 
 
 def test_load_by_repo_id_from_the_cache_offline(adapter_dir, tmp_path):
-    expected = None
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(make_vit(), adapter_dir).eval()
