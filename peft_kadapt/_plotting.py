@@ -14,7 +14,7 @@ def pyplot():
     return plt
 
 
-def save(fig, path: Path) -> None:
-    fig.tight_layout()
+def save(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> None:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=100)
     pyplot().close(fig)

@@ -1,10 +1,15 @@
 """`kadapt bench`: methods × datasets × shots × seeds under one protocol, with accuracy, parameters, file size, time,
 the ELEVATER performance-efficiency metric, step time and memory, a markdown table and a Pareto plot.
 
-Protocol (the same for every method): for each dataset, k and sampling seed, a class-balanced few-shot split whose
-validation images are carved from the k shots; every learning rate of the method's grid trains on the training
-shots and is scored on validation (final epoch; no epoch selection); the best one is retrained on all k shots
-(training + validation) and evaluated once on the held-out test set. Test accuracy never chooses anything.
+Protocol (the same for every method): for each dataset, k and sampling seed, a class-balanced few-shot split and a
+held-out test set. Validation (`--validation`):
+- `pool` (default): `--val_per_class` extra labelled images per class, drawn from the training pool outside the shots,
+  used only to choose the learning rate. Every learning rate of the method's grid trains on all k shots; the one with
+  the best validation accuracy (ties: lower validation loss) is evaluated once on test.
+- `shots`: validation carved from the k shots (a fifth, at least one per class, strictly few-shot); every learning
+  rate trains on the rest, the chosen one is retrained on all k shots and evaluated once on test.
+Every run trains for the same number of AdamW steps (`--steps`, cosine schedule), scored after the last step (no
+epoch selection). Test accuracy never chooses anything.
 """
 
 from __future__ import annotations
@@ -13,10 +18,15 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from functools import lru_cache
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -30,10 +40,17 @@ from .train import ModelArguments, _normalisation, build_model, pos_encoding_kwa
 
 logger = logging.getLogger(__name__)
 ADAPTER_LRS = (3e-4, 1e-3, 3e-3)
+
+
+def _kadapt(n: int, slow_rank: int | None = None, r: int = 1, alpha: float = 4.0) -> ModelArguments:
+    """KAdaptation settings spelled out, so that a change of the library's defaults keeps a row's meaning."""
+    return ModelArguments(method="kadaptation", kadapt_n=n, kadapt_r=r, kadapt_alpha=alpha, kadapt_slow_rank=slow_rank)
+
+
 METHODS = {  # name: (model arguments, learning-rate grid)
-    "kadaptation": (ModelArguments(method="kadaptation"), ADAPTER_LRS),
-    "kadaptation n=8": (ModelArguments(method="kadaptation", kadapt_n=8), ADAPTER_LRS),
-    "kadaptation slow_rank=1": (ModelArguments(method="kadaptation", kadapt_slow_rank=1), ADAPTER_LRS),
+    "kadaptation n=32": (_kadapt(n=32), ADAPTER_LRS),
+    "kadaptation n=32 slow_rank=1": (_kadapt(n=32, slow_rank=1), ADAPTER_LRS),
+    "kadaptation n=8": (_kadapt(n=8), ADAPTER_LRS),
     "lora r=8": (ModelArguments(method="lora", lora_r=8, lora_alpha=8), ADAPTER_LRS),
     "lora r=1": (ModelArguments(method="lora", lora_r=1, lora_alpha=1), ADAPTER_LRS),
     "lokr": (ModelArguments(method="lokr", lora_r=8, lora_alpha=8), ADAPTER_LRS),
@@ -48,26 +65,26 @@ def performance_efficiency(accuracy: float, trainable: int, backbone: int) -> fl
     return accuracy * math.exp(-math.log10(trainable / backbone + 1))
 
 
-def _fit(model, x, y, lr, epochs, batch_size, seed, extra, min_steps: int = 0) -> float:
-    """Train for `epochs`, or more epochs until `min_steps` optimiser steps (AdamW, cosine); returns seconds."""
+def _fit(model, x, y, lr, steps, batch_size, seed, extra) -> float:
+    """`steps` AdamW steps (weight decay 0.01, cosine) over reshuffled epochs of (x, y); returns seconds."""
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    per_epoch = math.ceil(len(y) / batch_size)
-    epochs = max(epochs, math.ceil(min_steps / per_epoch))
-    steps = epochs * per_epoch
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     model.train()
-    start = time.perf_counter()
-    for _ in range(epochs):
+    start, done = time.perf_counter(), 0
+    while done < steps:
         order = torch.randperm(len(y), generator=g)
         for i in range(0, len(y), batch_size):
+            if done == steps:
+                break
             idx = order[i : i + batch_size]
             loss = F.cross_entropy(model(pixel_values=x[idx], **extra).logits, y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
+            done += 1
     return time.perf_counter() - start
 
 
@@ -93,22 +110,27 @@ def _saved_bytes(model, is_peft: bool) -> int:
 
 
 def run_one(args, spec: ModelArguments, lrs, data, names) -> dict:
-    """Grid on validation, retrain the chosen lr on all shots, test once."""
+    """Learning-rate grid scored on validation; the chosen setting evaluated once on test (see the module doc)."""
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
-    val, val_loss = {}, {}
+    pool = args.validation == "pool"
+    val, val_loss, kept = {}, {}, None
     for lr in lrs:
         torch.manual_seed(args.train_seed)
-        model, _ = build_model(spec, names)
+        model, is_peft = build_model(spec, names)
         extra = pos_encoding_kwargs(model, args.resolution)
-        _fit(model, x_tr, y_tr, lr, args.epochs, args.batch_size, args.train_seed, extra, args.min_steps)
+        seconds = _fit(model, x_tr, y_tr, lr, args.steps, args.batch_size, args.train_seed, extra)
         val[lr], val_loss[lr] = _scores(model, x_val, y_val, extra)
-    # a few validation images tie often: ties go to the lower validation loss
-    best_lr = max(lrs, key=lambda lr: (val[lr], -val_loss[lr]))
-    torch.manual_seed(args.train_seed)
-    model, is_peft = build_model(spec, names)
-    extra = pos_encoding_kwargs(model, args.resolution)
-    seconds = _fit(model, torch.cat([x_tr, x_val]), torch.cat([y_tr, y_val]), best_lr, args.epochs, args.batch_size,
-                   args.train_seed, extra, args.min_steps)  # fmt: skip
+        # a few validation images tie often: ties go to the lower validation loss
+        if pool and (kept is None or (val[lr], -val_loss[lr]) > (val[kept[0]], -val_loss[kept[0]])):
+            kept = (lr, model, is_peft, seconds)
+    if pool:
+        best_lr, model, is_peft, seconds = kept
+    else:  # retrain the chosen learning rate on all k shots
+        best_lr = max(lrs, key=lambda lr: (val[lr], -val_loss[lr]))
+        torch.manual_seed(args.train_seed)
+        model, is_peft = build_model(spec, names)
+        seconds = _fit(model, torch.cat([x_tr, x_val]), torch.cat([y_tr, y_val]), best_lr, args.steps,
+                       args.batch_size, args.train_seed, extra)  # fmt: skip
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" in n)
     backbone = sum(p.numel() for n, p in model.named_parameters() if "classifier" not in n and "kadapt_" not in n
@@ -178,20 +200,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
     p.add_argument("--resolution", type=int, default=56)
-    p.add_argument("--test_per_class", type=int, default=50)
+    p.add_argument("--test_per_class", type=int, default=100)
     p.add_argument("--full_shot_subset", type=int, default=100, help="images per class used as 'full shot'")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--min_steps", type=int, default=40, help="train at least this many optimiser steps")
+    p.add_argument("--validation", choices=("pool", "shots"), default="pool",
+                   help="pool: extra images outside the shots; shots: carved from the shots, then retrain")  # fmt: skip
+    p.add_argument("--val_per_class", type=int, default=20, help="validation images per class with --validation pool")
+    p.add_argument("--adapter_lrs", default=None,
+                   help="comma-separated learning-rate grid for KAdaptation, LoRA and LoKr (default: "
+                   + ", ".join(f"{lr:g}" for lr in ADAPTER_LRS) + ")")  # fmt: skip
+    p.add_argument("--grid", action="append", default=[], metavar="METHOD=LR,LR",
+                   help="learning-rate grid of one method, e.g. --grid 'linear=3e-2,1e-1' (repeatable)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=50, help="AdamW steps per training run, for every method")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--train_seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes sharing the (dataset, k, seed) jobs; default 2 on a CPU-only machine with at "
+                   "least 2 cores (1 thread each), else 1")  # fmt: skip
     p.add_argument("--speed_rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="textiles, k=5, one seed, 4 methods, one learning rate each")
     p.add_argument("--output_dir", default="outputs/bench")
     args = p.parse_args(argv)
     if args.quick:
         args.datasets, args.shots, args.seeds = "textiles", "5", "0"
-        args.methods = "kadaptation,kadaptation slow_rank=1,lora r=8,linear"
-        args.epochs, args.speed_rounds, args.test_per_class = 8, 2, 50
+        args.methods = "kadaptation n=32,kadaptation n=32 slow_rank=1,lora r=8,linear"
+        args.steps, args.speed_rounds, args.test_per_class = 30, 2, 50
+    if args.workers is None:
+        args.workers = 2 if not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 1
     return args
 
 
@@ -204,31 +238,80 @@ def run_bench(args) -> dict:
         methods = {m: (METHODS[m][0], (1e-3,) if m != "linear" else (1e-2,)) for m in args.methods.split(",")}
     else:
         methods = {m: METHODS[m] for m in args.methods.split(",")}
+    if args.adapter_lrs:
+        grid = tuple(float(lr) for lr in args.adapter_lrs.split(","))
+        methods = {m: (spec, grid if lrs == ADAPTER_LRS else lrs) for m, (spec, lrs) in methods.items()}
+    for item in args.grid:
+        name, _, values = item.rpartition("=")
+        if name not in methods or not values:
+            raise ValueError(f"--grid {item!r}: expected METHOD=LR,LR with METHOD one of {list(methods)}.")
+        methods[name] = (methods[name][0], tuple(float(lr) for lr in values.split(",")))
     methods = {
         m: (replace(spec, model_name_or_path=args.model_name_or_path), lrs) for m, (spec, lrs) in methods.items()
     }
-    transform = image_transform(*_normalisation(args.model_name_or_path), args.resolution)
-    runs = []
-    for dataset in args.datasets.split(","):
-        source = load_image_dataset(dataset)
-        names = source["train"].features["label"].names
-        for k in (int(s) for s in args.shots.split(",")):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                shots = k or args.full_shot_subset
-                splits = few_shot(source, shots, seed=seed, test_per_class=args.test_per_class)
-                data = [to_tensors(splits[name], transform) for name in ("train", "validation", "test")]
-                for method, (spec, lrs) in tqdm(methods.items(), desc=f"{dataset} k={k or 'full'} seed={seed}"):
-                    result = run_one(args, spec, lrs, data, names)
-                    runs.append({"dataset": dataset, "shots": k or f"full ({shots}/class)", "seed": seed,
-                                 "method": method, **result})  # fmt: skip
-                    logger.info("%s k=%s seed=%d %s: test %.4f (lr %g)", dataset, k, seed, method,
-                                result["test_accuracy"], result["chosen_lr"])  # fmt: skip
-                    Path(args.output_dir).mkdir(parents=True, exist_ok=True)  # progress survives an interruption
-                    (Path(args.output_dir) / "results_partial.json").write_text(json.dumps(runs, indent=2))
-    speed = measure_speed(args, methods, names)
-    out = {"settings": vars(args), "runs": runs, "speed": speed, "wall_time_s": round(time.perf_counter() - start, 1)}
-    write_outputs(out, Path(args.output_dir))
+    jobs = [(d, int(k), int(seed)) for d in args.datasets.split(",") for k in args.shots.split(",")
+            for seed in args.seeds.split(",")]  # fmt: skip
+    runs, output_dir = {}, Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if args.workers > 1:
+        threads = max(1, torch.get_num_threads() // args.workers)
+        pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                   initargs=(threads,))  # fmt: skip
+        results = pool.map(_run_job, [args] * len(jobs), [methods] * len(jobs), jobs)
+    else:
+        pool, results = None, map(_run_job, [args] * len(jobs), [methods] * len(jobs), jobs)
+    try:
+        for job, result in tqdm(zip(jobs, results), total=len(jobs), desc="dataset × k × seed"):
+            runs[job] = result
+            for r in result:
+                logger.info("%s k=%s seed=%d %s: test %.4f (lr %g)", r["dataset"], r["shots"], r["seed"], r["method"],
+                            r["test_accuracy"], r["chosen_lr"])  # fmt: skip
+            done = [r for j in jobs if j in runs for r in runs[j]]  # progress survives an interruption
+            (output_dir / "results_partial.json").write_text(json.dumps(done, indent=2))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    names = load_image_dataset(jobs[-1][0])["train"].features["label"].names
+    speed = measure_speed(args, methods, names)  # after the workers are gone: nothing else runs beside it
+    out = {"settings": vars(args), "runs": [r for j in jobs for r in runs[j]], "speed": speed,
+           "wall_time_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    write_outputs(out, output_dir)
     return out
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    _quiet()
+
+
+def _quiet() -> None:
+    """Keep the log to results: no per-model loading bars, reports or PEFT's deprecation notice for transformers 5."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+@lru_cache(maxsize=4)
+def _dataset(name: str):
+    return load_image_dataset(name)
+
+
+def _run_job(args, methods: dict, job: tuple[str, int, int]) -> list[dict]:
+    """Every method on one (dataset, k, seed) split."""
+    dataset, k, seed = job
+    source = _dataset(dataset)
+    names = source["train"].features["label"].names
+    shots = k or args.full_shot_subset
+    pool = args.validation == "pool"
+    splits = few_shot(source, shots, seed=seed, test_per_class=args.test_per_class,
+                      val_pool=args.val_per_class if pool else None)  # fmt: skip
+    transform = image_transform(*_normalisation(args.model_name_or_path), args.resolution)
+    data = [to_tensors(splits[name], transform) for name in ("train", "validation", "test")]
+    label = k or f"full ({shots}/class)"
+    return [{"dataset": dataset, "shots": label, "seed": seed, "method": method, **run_one(args, spec, lrs, data, names)}
+            for method, (spec, lrs) in methods.items()]  # fmt: skip
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -245,6 +328,52 @@ def summarise(runs: list[dict]) -> list[dict]:
                       "bytes": group[0]["saved_bytes"], "seconds": statistics.mean(g["train_seconds"] for g in group),
                       "lrs": sorted({g["chosen_lr"] for g in group})})  # fmt: skip
     return table
+
+
+def _run_key(run: dict) -> tuple:
+    return run["dataset"], str(run["shots"]), run["seed"], run["method"]
+
+
+def _lr_rank(run: dict, lr: str) -> tuple[float, float]:
+    return run["validation"][lr], -run["validation_loss"][lr]
+
+
+_SPLIT_AND_TRAINING_SETTINGS = ("model_name_or_path", "resolution", "test_per_class", "full_shot_subset", "validation",
+                                 "val_per_class", "steps", "batch_size", "train_seed")  # fmt: skip
+
+
+def merge_results(results: list[dict]) -> dict:
+    """Pool `kadapt bench` results of the same splits and settings that tried different learning rates, as if one grid
+    held them all: per (dataset, k, seed, method) the best validation accuracy over the union wins (ties: lower
+    validation loss) and the test accuracy of the run that chose it is kept. Every training run is deterministic given
+    its split, method, learning rate and settings, so this equals running the union grid; learning rates found in two
+    results must have the same validation loss (checked: `ValueError` otherwise).
+    """
+    for result in results[1:]:
+        differ = {
+            k for k in _SPLIT_AND_TRAINING_SETTINGS if result["settings"].get(k) != results[0]["settings"].get(k)
+        }
+        if differ:
+            raise ValueError(f"Cannot merge runs whose settings differ in {sorted(differ)}.")
+    by_key: dict[tuple, list[dict]] = {}
+    for result in results:
+        for run in result["runs"]:
+            by_key.setdefault(_run_key(run), []).append(run)
+    merged = []
+    for key, runs in by_key.items():
+        for a in runs:
+            for b in runs:
+                for lr in set(a["validation"]) & set(b["validation"]):
+                    if not math.isclose(a["validation_loss"][lr], b["validation_loss"][lr], rel_tol=1e-4):
+                        raise ValueError(f"{key} lr {lr}: validation loss {a['validation_loss'][lr]} vs "
+                                         f"{b['validation_loss'][lr]}; the runs are not of the same splits/settings.")  # fmt: skip
+        winner = max(runs, key=lambda r: _lr_rank(r, str(r["chosen_lr"])))
+        union = {lr: v for r in runs for lr, v in r["validation"].items()}
+        union_loss = {lr: v for r in runs for lr, v in r["validation_loss"].items()}
+        merged.append({**winner, "validation": union, "validation_loss": union_loss, "merged_from": len(runs)})
+    settings = {**results[0]["settings"], "merged_from": [r["settings"]["output_dir"] for r in results]}
+    return {"settings": settings, "runs": merged, "speed": results[0]["speed"],
+            "wall_time_s": sum(r["wall_time_s"] for r in results)}  # fmt: skip
 
 
 def write_outputs(out: dict, output_dir: Path) -> None:
@@ -265,35 +394,70 @@ def write_outputs(out: dict, output_dir: Path) -> None:
     for name, s in out["speed"].items():
         lines.append(f"| {name} | {s['step_s'] * 1e3:.0f} | {s.get('step_vs_lora8', float('nan')):.2f} | "
                      f"{s['memory_bytes'] / 2**20:.1f} | {s.get('memory_vs_lora8', float('nan')):.2f} |")  # fmt: skip
+    lines += bar_lines(out["runs"])
     (output_dir / "results.md").write_text("\n".join(lines) + "\n")
     pareto_plot(table, output_dir / "pareto.png")
 
 
+def bar_lines(runs: list[dict], reference: str = "lora r=8", floor: str = "linear") -> list[str]:
+    """Issue #5's bar per dataset, over every few-shot (dataset, k, seed) split: each KAdaptation setting's mean
+    accuracy against `reference` (paired by split: mean difference ± its standard error) and `floor`, and its adapter
+    parameters as a fraction of the reference's. Met = accuracy ≥ reference, ≤ half its adapter parameters, > floor."""
+    few = [r for r in runs if isinstance(r["shots"], int)]
+    split = {(r["dataset"], r["shots"], r["seed"], r["method"]): r for r in few}
+    out = []
+    for dataset in sorted({r["dataset"] for r in few}):
+        for method in sorted({r["method"] for r in few if r["method"].startswith("kadaptation")}):
+            pairs = [(r, split.get((dataset, r["shots"], r["seed"], reference)), split.get((dataset, r["shots"],
+                      r["seed"], floor))) for r in few if r["dataset"] == dataset and r["method"] == method]  # fmt: skip
+            pairs = [(a, b, c) for a, b, c in pairs if b is not None and c is not None]
+            if not pairs:
+                continue
+            diffs = [a["test_accuracy"] - b["test_accuracy"] for a, b, _ in pairs]
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+            acc, ref, low = (statistics.mean(x[i]["test_accuracy"] for x in pairs) for i in range(3))
+            ratio = pairs[0][0]["adapter_parameters"] / pairs[0][1]["adapter_parameters"]
+            met = acc >= ref and ratio <= 0.5 and acc > low
+            out.append(f"| {dataset} | {method} | {len(pairs)} | {acc:.3f} | {ref:.3f} | {statistics.mean(diffs):+.3f} ± "
+                       f"{se:.3f} | {low:.3f} | {ratio:.2f} | {'yes' if met else 'no'} |")  # fmt: skip
+    if not out:
+        return []
+    return ["", f"| dataset | setting | splits | accuracy | {reference} | paired difference ± s.e. | {floor} | "
+            f"adapter params / {reference} | bar met |", "|---|---|---|---|---|---|---|---|---|", *out]  # fmt: skip
+
+
 def pareto_plot(table: list[dict], path: Path) -> None:
+    """One panel per (dataset, k): test accuracy (mean ± std over seeds) against trainable parameters, log scale."""
     from ._plotting import pyplot, save
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    panels = sorted({(t["dataset"], t["shots"]) for t in table})
-    markers = "osD^v<>ph*"
-    for i, (dataset, shots) in enumerate(panels):
-        rows = [t for t in table if (t["dataset"], t["shots"]) == (dataset, shots)]
-        for j, t in enumerate(sorted(rows, key=lambda t: t["method"])):
-            ax.errorbar(t["trainable"], t["mean"], yerr=t["std"], fmt=markers[i % len(markers)], color=f"C{j}",
-                        label=t["method"] if i == 0 else None, capsize=2)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (head included, log scale)")
-    ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.set_title("accuracy against parameters; marker = " + ", ".join(f"{d} k={k}" for d, k in panels), fontsize=8)
-    ax.legend(fontsize=7)
-    save(fig, path)
+    panels = sorted({(t["dataset"], str(t["shots"])) for t in table})
+    cols = min(2, len(panels))
+    rows_ = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(6 * cols, 3.8 * rows_), squeeze=False)
+    methods = sorted({t["method"] for t in table})
+    markers = "osD^v<>ph*P"
+    for ax, (dataset, shots) in zip(axes.flat, panels):
+        for t in table:
+            if (t["dataset"], str(t["shots"])) == (dataset, shots):
+                j = methods.index(t["method"])
+                ax.errorbar(t["trainable"], t["mean"], yerr=t["std"], fmt=markers[j % len(markers)], color=f"C{j}",
+                            label=t["method"], capsize=2)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_title(f"{dataset}, k = {shots}", fontsize=9)
+        ax.set_xlabel("trainable parameters (head included, log scale)", fontsize=8)
+        ax.set_ylabel("test accuracy (mean ± std)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7)
+    save(fig, path, rect=(0, 0.04 * (1 + len(labels) // 5) / rows_, 1, 1))
 
 
 def main(argv=None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
+    _quiet()
     out = run_bench(parse_args(argv))
     print((Path(out["settings"]["output_dir"]) / "results.md").read_text())
     return out

@@ -175,12 +175,15 @@ def few_shot(
     seed: int = 0,
     val_shots: int | None = None,
     test_per_class: int | None = None,
+    val_pool: int | None = None,
 ) -> DatasetDict:
     """Class-balanced, seeded split into `train`, `validation` and `test`.
 
     - `shots`: training images per class, validation included; `None` = full shot (every training image).
     - `val_shots`: images per class carved from the shots for validation (default: a fifth, at least 1). In full-shot
       mode a fifth of each class.
+    - `val_pool`: instead of carving validation from the shots, draw this many images per class from the training
+      pool outside the shots (extra labelled images used only for model selection; `train` then holds all k shots).
     - test: the source's `test` split if it has one, else `test_per_class` images per class held out of the pool
       before the shots are drawn (default 50), so test never overlaps train or validation. `None` with a test split
       keeps the whole test split.
@@ -204,8 +207,16 @@ def few_shot(
         if shots is not None:
             if shots <= 0:
                 raise ValueError(f"`shots` must be a positive integer or None (full shot), got {shots}.")
-            _check_enough(idx, shots, names[c], f"{shots} shots")
-        chosen = rng.permutation(idx)[:take]
+            need = f"{shots} shots" + (f" plus {val_pool} validation images" if val_pool else "")
+            _check_enough(idx, shots + (val_pool or 0), names[c], need)
+        elif val_pool:
+            raise ValueError("`val_pool` needs `shots`: in full-shot mode every training image is a shot.")
+        permuted = rng.permutation(idx)
+        if val_pool:
+            val_idx += permuted[take : take + val_pool].tolist()
+            train_idx += permuted[:take].tolist()
+            continue
+        chosen = permuted[:take]
         n_val = val_shots if val_shots is not None else max(1, take // 5)
         if n_val >= take:
             raise ValueError(f"`val_shots`={n_val} leaves no training image out of {take} for class {names[c]!r}.")

@@ -79,6 +79,10 @@ class DataArguments:
     label_column_name: str = field(default="label", metadata={"help": "Label column of the source."})
     shots: int | None = field(default=20, metadata={"help": "Images per class (validation included); 0 = all."})
     val_shots: int | None = field(default=None, metadata={"help": "Validation images per class from the shots."})
+    val_pool: int | None = field(
+        default=None,
+        metadata={"help": "Instead: validation images per class drawn outside the shots (extra labelled images)."},
+    )
     test_per_class: int | None = field(
         default=50, metadata={"help": "Test images per class (held out of the pool if there is no test split)."}
     )
@@ -192,7 +196,7 @@ def run(
                                 **kwargs)  # fmt: skip
     shots = data_args.shots or None
     splits = few_shot(source, shots, seed=data_args.sampling_seed, val_shots=data_args.val_shots,
-                      test_per_class=data_args.test_per_class)  # fmt: skip
+                      test_per_class=data_args.test_per_class, val_pool=data_args.val_pool)  # fmt: skip
     names = splits["train"].features["label"].names
     model, is_peft = build_model(model_args, names)
     mean, std = _normalisation(model_args.model_name_or_path)

@@ -77,3 +77,9 @@ def test_example_script_and_bad_method(tiny_backbone, tmp_path):
         ValueError, match=r"`method` must be one of \('kadaptation', 'lora', 'lokr', 'linear', 'bitfit', 'full'\)"
     ):
         kadapt(train_args(tiny_backbone, tmp_path / "x", "--method", "adapter"))
+
+
+def test_val_pool_trains_on_every_shot(tiny_backbone, tmp_path):
+    assert kadapt(train_args(tiny_backbone, tmp_path, "--method", "linear", "--val_pool", "3")) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["train_images"], metrics["validation_images"], metrics["test_images"]) == (100, 30, 100)
