@@ -54,10 +54,12 @@ def methods() -> dict:
     return {
         "LoRA r=8": LoraConfig(r=8, lora_alpha=8, target_modules=qv, modules_to_save=head),
         "LoKr r=8": LoKrConfig(r=8, alpha=8, target_modules=qv, modules_to_save=head),
-        "KAdaptation (defaults: n=32, r=1)": peft_kadapt.KAdaptationConfig(modules_to_save=head),
-        "KAdaptation n=32 r=1 factored": peft_kadapt.KAdaptationConfig(forward_mode="factored", modules_to_save=head),
-        "KAdaptation n=32 r=1 slow_rank=1": peft_kadapt.KAdaptationConfig(slow_rank=1, modules_to_save=head),
-        "KAdaptation n=8 r=1": peft_kadapt.KAdaptationConfig(n=8, modules_to_save=head),
+        "KAdaptation (defaults: n=8, r=1)": peft_kadapt.KAdaptationConfig(modules_to_save=head),
+        "KAdaptation n=32 r=1 (paper)": peft_kadapt.KAdaptationConfig(n=32, modules_to_save=head),
+        "KAdaptation n=32 r=1 factored": peft_kadapt.KAdaptationConfig(
+            n=32, forward_mode="factored", modules_to_save=head
+        ),
+        "KAdaptation n=32 r=1 slow_rank=1": peft_kadapt.KAdaptationConfig(n=32, slow_rank=1, modules_to_save=head),
     }
 
 

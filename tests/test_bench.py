@@ -131,3 +131,5 @@ def test_bar_lines_pair_splits_and_apply_the_three_conditions():
     assert rows["kadaptation a"] == "| d | kadaptation a | 2 | 0.660 | 0.650 | +0.010 ± 0.010 | 0.500 | 0.50 | yes |"
     assert rows["kadaptation b"].endswith("| 0.51 | no |")  # more accurate, but over half LoRA's parameters
     assert rows["kadaptation c"].endswith("| 0.10 | no |")  # cheap, but below LoRA
+    one = bar_lines([r for r in runs if r["seed"] == 0])[3:]
+    assert all(line.endswith("| n/a (1 split) |") and "± n/a" in line for line in one)  # no verdict from one split

@@ -83,3 +83,15 @@ def test_val_pool_trains_on_every_shot(tiny_backbone, tmp_path):
     assert kadapt(train_args(tiny_backbone, tmp_path, "--method", "linear", "--val_pool", "3")) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (metrics["train_images"], metrics["validation_images"], metrics["test_images"]) == (100, 30, 100)
+
+
+def test_learning_rate_defaults_per_method_unless_given():
+    from peft_kadapt.train import DEFAULT_LEARNING_RATES, parse_args
+
+    for method in ("kadaptation", "linear", "full"):
+        _, _, training = parse_args(["--method", method, "--output_dir", "x"])
+        assert training.learning_rate == DEFAULT_LEARNING_RATES[method]
+    _, _, training = parse_args(["--method", "linear", "--learning_rate", "0.05", "--output_dir", "x"])
+    assert training.learning_rate == 0.05
+    _, _, training = parse_args(["--method=full", "--learning_rate=2e-5", "--output_dir=x"])
+    assert training.learning_rate == 2e-5

@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from peft_kadapt.data import few_shot, image_transform, load_image_dataset
 from peft_kadapt.pretrained import DINOV2_SMALL_ALIAS
-from peft_kadapt.train import METHODS, ModelArguments, _normalisation, build_model, make_collator
+from peft_kadapt.train import (
+    DEFAULT_LEARNING_RATES,
+    METHODS,
+    ModelArguments,
+    _normalisation,
+    build_model,
+    make_collator,
+)
 
 
 logger = get_logger(__name__)
@@ -39,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument("--method", default="kadaptation", choices=METHODS)
-    p.add_argument("--kadapt_n", type=int, default=32)
+    p.add_argument("--kadapt_n", type=int, default=8)
     p.add_argument("--kadapt_r", type=int, default=1)
     p.add_argument("--dataset_name", default="mnist5k")
     p.add_argument("--image_column_name", default="image")
@@ -51,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per_device_train_batch_size", type=int, default=16)
     p.add_argument("--per_device_eval_batch_size", type=int, default=64)
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--learning_rate", type=float, default=None, help="default: the method's, as in `kadapt train`")
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--num_train_epochs", type=int, default=15)
     p.add_argument("--max_train_steps", type=int, default=None)
@@ -99,7 +106,8 @@ def main(argv=None) -> None:
                               collate_fn=collate)  # fmt: skip
     eval_loaders = {name: DataLoader(splits[name], batch_size=args.per_device_eval_batch_size, collate_fn=collate)
                     for name in ("validation", "test")}  # fmt: skip
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+    lr = args.learning_rate or DEFAULT_LEARNING_RATES[args.method]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=args.weight_decay)  # fmt: skip
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
