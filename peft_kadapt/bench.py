@@ -51,6 +51,8 @@ METHODS = {  # name: (model arguments, learning-rate grid)
     "kadaptation n=32": (_kadapt(n=32), ADAPTER_LRS),
     "kadaptation n=32 slow_rank=1": (_kadapt(n=32, slow_rank=1), ADAPTER_LRS),
     "kadaptation n=8": (_kadapt(n=8), ADAPTER_LRS),
+    "kadaptation n=16": (_kadapt(n=16), ADAPTER_LRS),
+    "kadaptation n=8 r=2": (_kadapt(n=8, r=2), ADAPTER_LRS),
     "lora r=8": (ModelArguments(method="lora", lora_r=8, lora_alpha=8), ADAPTER_LRS),
     "lora r=1": (ModelArguments(method="lora", lora_r=1, lora_alpha=1), ADAPTER_LRS),
     "lokr": (ModelArguments(method="lokr", lora_r=8, lora_alpha=8), ADAPTER_LRS),
@@ -58,6 +60,10 @@ METHODS = {  # name: (model arguments, learning-rate grid)
     "bitfit": (ModelArguments(method="bitfit"), (1e-3, 3e-3, 1e-2)),
     "full": (ModelArguments(method="full"), (1e-5, 3e-5, 1e-4)),
 }
+
+
+EXTRA_METHODS = ("kadaptation n=16", "kadaptation n=8 r=2")  # run by name, outside the default suite's time budget
+DEFAULT_SUITE = tuple(m for m in METHODS if m not in EXTRA_METHODS)
 
 
 def performance_efficiency(accuracy: float, trainable: int, backbone: int) -> float:
@@ -198,7 +204,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--datasets", default="mnist5k,textiles", help="comma-separated offline names, Hub ids or folders")
     p.add_argument("--shots", default="5,20", help="comma-separated k; 0 = full shot (of a --full_shot_subset)")
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_SUITE),
+                   help=f"comma-separated, from: {', '.join(METHODS)} (default: all but {', '.join(EXTRA_METHODS)})")  # fmt: skip
     p.add_argument("--resolution", type=int, default=56)
     p.add_argument("--test_per_class", type=int, default=100)
     p.add_argument("--full_shot_subset", type=int, default=100, help="images per class used as 'full shot'")
