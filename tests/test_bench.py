@@ -69,6 +69,19 @@ def test_validation_chooses_and_test_is_used_once(tmp_path, monkeypatch, validat
     assert fits == trained  # pool: each lr trains on all 5 shots per class, no retraining; shots: on 4, then all 5
 
 
+def test_speed_ratios_have_their_lora_reference_even_when_not_benchmarked(tmp_path):
+    torch.manual_seed(0)
+    ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
+    out = tmp_path / "out"
+    kadapt(["bench", "--model_name_or_path", str(tmp_path / "backbone"), "--datasets", "digits", "--shots", "5",
+            "--seeds", "0", "--methods", "linear", "--resolution", "32", "--steps", "2", "--test_per_class", "7",
+            "--val_per_class", "3", "--workers", "1", "--speed_rounds", "1", "--output_dir", str(out)])  # fmt: skip
+    data = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in data["runs"]] == ["linear"]  # LoRA is timed, not trained
+    assert data["speed"]["lora r=8"]["reference_only"] and math.isfinite(data["speed"]["linear"]["step_vs_lora8"])
+    assert "| lora r=8 (speed reference only) |" in (out / "results.md").read_text()
+
+
 def test_validation_pool_is_disjoint_from_shots_and_test():
     from datasets import DatasetDict
 
