@@ -115,24 +115,32 @@ def _saved_bytes(model, is_peft: bool) -> int:
         return (Path(tmp) / "adapter_model.safetensors").stat().st_size
 
 
+def _validation_rank(accuracy: float, loss: float) -> tuple[float, float]:
+    """How learning rates are compared: validation accuracy, ties (frequent with few images) to the lower loss."""
+    return accuracy, -loss
+
+
 def run_one(args, spec: ModelArguments, lrs, data, names) -> dict:
     """Learning-rate grid scored on validation; the chosen setting evaluated once on test (see the module doc)."""
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
     pool = args.validation == "pool"
     val, val_loss, kept = {}, {}, None
+
+    def rank(lr):
+        return _validation_rank(val[lr], val_loss[lr])
+
     for lr in lrs:
         torch.manual_seed(args.train_seed)
         model, is_peft = build_model(spec, names)
         extra = pos_encoding_kwargs(model, args.resolution)
         seconds = _fit(model, x_tr, y_tr, lr, args.steps, args.batch_size, args.train_seed, extra)
         val[lr], val_loss[lr] = _scores(model, x_val, y_val, extra)
-        # a few validation images tie often: ties go to the lower validation loss
-        if pool and (kept is None or (val[lr], -val_loss[lr]) > (val[kept[0]], -val_loss[kept[0]])):
+        if pool and (kept is None or rank(lr) > rank(kept[0])):
             kept = (lr, model, is_peft, seconds)
     if pool:
         best_lr, model, is_peft, seconds = kept
     else:  # retrain the chosen learning rate on all k shots
-        best_lr = max(lrs, key=lambda lr: (val[lr], -val_loss[lr]))
+        best_lr = max(lrs, key=rank)
         torch.manual_seed(args.train_seed)
         model, is_peft = build_model(spec, names)
         seconds = _fit(model, torch.cat([x_tr, x_val]), torch.cat([y_tr, y_val]), best_lr, args.steps,
@@ -278,7 +286,7 @@ def run_bench(args) -> dict:
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    names = load_image_dataset(jobs[-1][0])["train"].features["label"].names
+    names = _dataset(jobs[-1][0])["train"].features["label"].names
     reference = {"lora r=8": (replace(METHODS["lora r=8"][0], model_name_or_path=args.model_name_or_path), ())}
     speed = measure_speed(args, {**methods, **reference}, names)  # workers gone: nothing runs beside it
     if "lora r=8" not in methods:
@@ -344,10 +352,6 @@ def _run_key(run: dict) -> tuple:
     return run["dataset"], str(run["shots"]), run["seed"], run["method"]
 
 
-def _lr_rank(run: dict, lr: str) -> tuple[float, float]:
-    return run["validation"][lr], -run["validation_loss"][lr]
-
-
 _SPLIT_AND_TRAINING_SETTINGS = ("model_name_or_path", "resolution", "test_per_class", "full_shot_subset", "validation",
                                  "val_per_class", "steps", "batch_size", "train_seed")  # fmt: skip
 
@@ -371,15 +375,18 @@ def merge_results(results: list[dict]) -> dict:
             by_key.setdefault(_run_key(run), []).append(run)
     merged = []
     for key, runs in by_key.items():
-        for a in runs:
-            for b in runs:
-                for lr in set(a["validation"]) & set(b["validation"]):
-                    if not math.isclose(a["validation_loss"][lr], b["validation_loss"][lr], rel_tol=1e-4):
-                        raise ValueError(f"{key} lr {lr}: validation loss {a['validation_loss'][lr]} vs "
-                                         f"{b['validation_loss'][lr]}; the runs are not of the same splits/settings.")  # fmt: skip
-        winner = max(runs, key=lambda r: _lr_rank(r, str(r["chosen_lr"])))
-        union = {lr: v for r in runs for lr, v in r["validation"].items()}
-        union_loss = {lr: v for r in runs for lr, v in r["validation_loss"].items()}
+        union, union_loss = {}, {}
+        for run in runs:
+            for lr, loss in run["validation_loss"].items():
+                if lr in union_loss and not math.isclose(union_loss[lr], loss, rel_tol=1e-4):
+                    raise ValueError(f"{key} lr {lr}: validation loss {union_loss[lr]} vs {loss}; the runs are not "
+                                     "of the same splits/settings.")  # fmt: skip
+                union[lr], union_loss[lr] = run["validation"][lr], loss
+
+        def rank(run, union=union, union_loss=union_loss):
+            return _validation_rank(union[str(run["chosen_lr"])], union_loss[str(run["chosen_lr"])])
+
+        winner = max(runs, key=rank)
         merged.append({**winner, "validation": union, "validation_loss": union_loss, "merged_from": len(runs)})
     settings = {**results[0]["settings"], "merged_from": [r["settings"]["output_dir"] for r in results]}
     return {"settings": settings, "runs": merged, "speed": results[0]["speed"],
@@ -402,7 +409,8 @@ def write_outputs(out: dict, output_dir: Path) -> None:
         "|---|---|---|---|---|",
     ]
     for name, s in out["speed"].items():
-        lines.append(f"| {name}{' (speed reference only)' if s.get('reference_only') else ''} | {s['step_s'] * 1e3:.0f} | {s.get('step_vs_lora8', float('nan')):.2f} | "
+        label = f"{name} (speed reference only)" if s.get("reference_only") else name
+        lines.append(f"| {label} | {s['step_s'] * 1e3:.0f} | {s.get('step_vs_lora8', float('nan')):.2f} | "
                      f"{s['memory_bytes'] / 2**20:.1f} | {s.get('memory_vs_lora8', float('nan')):.2f} |")  # fmt: skip
     lines += bar_lines(out["runs"])
     (output_dir / "results.md").write_text("\n".join(lines) + "\n")

@@ -73,3 +73,12 @@ def vit():
 @pytest.fixture
 def mlp():
     return make_mlp()
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory) -> str:
+    """A saved random tiny ViT checkpoint (its path), for the command-line tests."""
+    path = tmp_path_factory.mktemp("tiny_vit")
+    torch.manual_seed(0)
+    ViTForImageClassification(tiny_vit_config()).save_pretrained(path)
+    return str(path)

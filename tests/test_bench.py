@@ -4,20 +4,14 @@ import json
 import math
 
 import pytest
-import torch
-from transformers import ViTForImageClassification
 
 from peft_kadapt.bench import METHODS, bar_lines, merge_results, performance_efficiency
 from peft_kadapt.cli import main as kadapt
 
-from conftest import tiny_vit_config
 
-
-def test_smoke_run_writes_results_table_plot_and_speed(tmp_path):
-    torch.manual_seed(0)
-    ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
+def test_smoke_run_writes_results_table_plot_and_speed(tiny_backbone, tmp_path):
     out = tmp_path / "out"
-    kadapt(["bench", "--model_name_or_path", str(tmp_path / "backbone"), "--datasets", "digits", "--shots", "5,0",
+    kadapt(["bench", "--model_name_or_path", tiny_backbone, "--datasets", "digits", "--shots", "5,0",
             "--full_shot_subset", "12", "--seeds", "0,1", "--methods", "kadaptation n=8,lora r=8,linear,bitfit",
             "--resolution", "32", "--steps", "2", "--test_per_class", "10", "--val_per_class", "3",
             "--speed_rounds", "1", "--workers", "2", "--output_dir", str(out)])  # fmt: skip
@@ -43,7 +37,9 @@ def test_smoke_run_writes_results_table_plot_and_speed(tmp_path):
      ("pool", ["--grid", "lora r=8=1e-2"], [30, 70], [50]),  # or one method's
      ("shots", [], [10, 10, 10, 70], [40, 40, 40, 50])],  # 1 shot per class carved out; retrained on all 5, tested once
 )  # fmt: skip
-def test_validation_chooses_and_test_is_used_once(tmp_path, monkeypatch, validation, grid, expected, trained):
+def test_validation_chooses_and_test_is_used_once(
+    tiny_backbone, tmp_path, monkeypatch, validation, grid, expected, trained
+):
     import peft_kadapt.bench as bench
 
     calls, fits = [], []
@@ -59,9 +55,7 @@ def test_validation_chooses_and_test_is_used_once(tmp_path, monkeypatch, validat
 
     monkeypatch.setattr(bench, "_scores", spy)
     monkeypatch.setattr(bench, "_fit", fit_spy)
-    torch.manual_seed(0)
-    ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
-    kadapt(["bench", "--model_name_or_path", str(tmp_path / "backbone"), "--datasets", "digits", "--shots", "5",
+    kadapt(["bench", "--model_name_or_path", tiny_backbone, "--datasets", "digits", "--shots", "5",
             "--seeds", "0", "--methods", "lora r=8", "--resolution", "32", "--steps", "2", "--test_per_class", "7",
             "--validation", validation, "--val_per_class", "3", "--workers", "1", "--speed_rounds", "1",
             "--output_dir", str(tmp_path / "out"), *grid])  # fmt: skip
@@ -69,11 +63,9 @@ def test_validation_chooses_and_test_is_used_once(tmp_path, monkeypatch, validat
     assert fits == trained  # pool: each lr trains on all 5 shots per class, no retraining; shots: on 4, then all 5
 
 
-def test_speed_ratios_have_their_lora_reference_even_when_not_benchmarked(tmp_path):
-    torch.manual_seed(0)
-    ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
+def test_speed_ratios_have_their_lora_reference_even_when_not_benchmarked(tiny_backbone, tmp_path):
     out = tmp_path / "out"
-    kadapt(["bench", "--model_name_or_path", str(tmp_path / "backbone"), "--datasets", "digits", "--shots", "5",
+    kadapt(["bench", "--model_name_or_path", tiny_backbone, "--datasets", "digits", "--shots", "5",
             "--seeds", "0", "--methods", "linear", "--resolution", "32", "--steps", "2", "--test_per_class", "7",
             "--val_per_class", "3", "--workers", "1", "--speed_rounds", "1", "--output_dir", str(out)])  # fmt: skip
     data = json.loads((out / "results.json").read_text())

@@ -7,19 +7,8 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import ViTForImageClassification
 
 from peft_kadapt.cli import main as kadapt
-
-from conftest import tiny_vit_config
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_vit")
-    torch.manual_seed(0)
-    ViTForImageClassification(tiny_vit_config()).save_pretrained(path)
-    return str(path)
 
 
 def train_args(backbone, out, *extra):
