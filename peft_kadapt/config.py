@@ -41,6 +41,20 @@ TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING: dict[str, list[str]] 
 }
 
 
+def default_target_modules(model_type: str | None) -> list[str]:
+    """The query and value projections KAdaptation adapts by default on `model_type`; a `ValueError` if none is known.
+
+    The one place where defaults are resolved: the tuner, the parameter report and the training tools all call it.
+    """
+    if model_type not in TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING:
+        raise ValueError(
+            f"There are no default `target_modules` for model type {model_type!r}. Pass `target_modules` (e.g. "
+            "['q_proj', 'v_proj'], or --target_modules q_proj,v_proj on the command line). Model types with "
+            f"defaults: {sorted(TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING)}."
+        )
+    return list(TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING[model_type])
+
+
 @dataclass
 class KAdaptationConfig(PeftConfig):
     """

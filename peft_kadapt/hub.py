@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from .pretrained import hub_id_for
+
+# Offline aliases of `peft_kadapt.training` and the Hub model each one stands for (written as `base_model` when sharing)
+HUB_EQUIVALENTS = {"dinov2-small-imgfocus": "facebook/dinov2-small"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 SHARED_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "metrics.json", "training_curve.png")
+
+
+def hub_id_for(name_or_path: str) -> str | None:
+    """A Hub id to name as `base_model` when sharing: aliases map to their Hub equivalent, a converted checkpoint to
+    the one its `kadapt_source.json` names, other local paths to None."""
+    if name_or_path in HUB_EQUIVALENTS:
+        return HUB_EQUIVALENTS[name_or_path]
+    source = Path(name_or_path) / "kadapt_source.json"
+    if source.exists():
+        return json.loads(source.read_text())["hub_equivalent"]
+    if os.path.exists(name_or_path) or not _HUB_ID.match(name_or_path):
+        return None  # a local path (existing or not) is never a Hub id
+    return name_or_path
 
 
 def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_id: str | None) -> str:
@@ -21,10 +38,19 @@ def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_
     front += ["pipeline_tag: image-classification", "tags:"]
     front += [f"- {t}" for t in ("peft", "kadaptation", "kronecker-adaptation", "image-classification", "vision")]
     if metrics and metrics.get("dataset"):
-        front += ["model-index:", f"- name: {repo_id or 'kadaptation-adapter'}", "  results:",
-                  "  - task:", "      type: image-classification", "    dataset:",
-                  f"      name: {metrics['dataset']}", f"      type: {metrics['dataset']}", "    metrics:",
-                  "    - type: accuracy", f"      value: {metrics['test_accuracy']:.4f}"]  # fmt: skip
+        front += [
+            "model-index:",
+            f"- name: {repo_id or 'kadaptation-adapter'}",
+            "  results:",
+            "  - task:",
+            "      type: image-classification",
+            "    dataset:",
+            f"      name: {metrics['dataset']}",
+            f"      type: {metrics['dataset']}",
+            "    metrics:",
+            "    - type: accuracy",
+            f"      value: {metrics['test_accuracy']:.4f}",
+        ]
     front.append("---")
     hyper = {k: config.get(k) for k in ("n", "r", "alpha", "kadapt_dropout", "share_slow_weights", "init_weights")}
     targets = config.get("target_modules")
@@ -60,18 +86,40 @@ def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_
         f"| modules_to_save | {config.get('modules_to_save')} |",
     ]
     if metrics:
-        lines += ["", "## Results (measured by the training run that wrote this adapter)", "", "| metric | value |",
-                  "|---|---|"]  # fmt: skip
-        keys = ("dataset", "shots", "sampling_seed", "resolution", "train_images", "validation_images", "test_images",
-                "validation_accuracy", "test_accuracy", "trainable_parameters", "saved_file_bytes", "wall_time_s",
-                "learning_rate", "num_train_epochs")  # fmt: skip
+        lines += [
+            "",
+            "## Results (measured by the training run that wrote this adapter)",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        keys = (
+            "dataset",
+            "shots",
+            "sampling_seed",
+            "resolution",
+            "train_images",
+            "validation_images",
+            "test_images",
+            "validation_accuracy",
+            "test_accuracy",
+            "trainable_parameters",
+            "saved_file_bytes",
+            "wall_time_s",
+            "learning_rate",
+            "num_train_epochs",
+        )
         lines += [f"| {k} | {metrics[k]} |" for k in keys if k in metrics]
         lines += ["", "The checkpoint was chosen on the validation split; test accuracy was measured once."]
     return "\n".join(front + [""] + lines) + "\n"
 
 
-def write_model_card(adapter_dir: str | os.PathLike, metrics: dict | None = None, base_model: str | None = None,
-                     repo_id: str | None = None) -> Path:  # fmt: skip
+def write_model_card(
+    adapter_dir: str | os.PathLike,
+    metrics: dict | None = None,
+    base_model: str | None = None,
+    repo_id: str | None = None,
+) -> Path:
     """Write README.md (the model card) into an adapter directory."""
     adapter_dir = Path(adapter_dir)
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -100,8 +148,14 @@ def _num_labels(adapter_dir: Path) -> int | None:
     return None
 
 
-def push_adapter(adapter_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
-                 base_model: str | None = None, commit_message: str = "Upload KAdaptation adapter") -> str:  # fmt: skip
+def push_adapter(
+    adapter_dir: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    base_model: str | None = None,
+    commit_message: str = "Upload KAdaptation adapter",
+) -> str:
     """Upload an adapter directory with a correct model card. Honours HF_TOKEN and HF_ENDPOINT. Returns the commit URL.
 
     `base_model` (a Hub id) defaults to the Hub equivalent of the adapter's base model; a local path is never written
@@ -121,8 +175,10 @@ def push_adapter(adapter_dir: str | os.PathLike, repo_id: str, token: str | None
     source = (metrics or {}).get("model_name_or_path") or config.get("base_model_name_or_path") or ""
     base_model = base_model or hub_id_for(source)
     if not base_model:
-        raise ValueError(f"The adapter's base model {source!r} is a local path, which means nothing on the Hub: pass "
-                         "the Hub id it corresponds to (`base_model=` / `--base-model`).")  # fmt: skip
+        raise ValueError(
+            f"The adapter's base model {source!r} is a local path, which means nothing on the Hub: pass "
+            "the Hub id it corresponds to (`base_model=` / `--base-model`)."
+        )
     if os.path.exists(base_model):
         raise ValueError(f"`base_model` must be a Hub id, not a local path ({base_model!r}).")
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token or os.environ.get("HF_TOKEN"))

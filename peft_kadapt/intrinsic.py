@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -100,8 +100,10 @@ class FastfoodProjection(nn.Module):
 
 def make_projection(D: int, d: int, seed: int, kind: str = "auto") -> nn.Module:
     if d > D:
-        raise ValueError(f"d={d} is larger than the group's parameter count D={D}: the subspace would be the whole "
-                         "space. Use d <= D.")  # fmt: skip
+        raise ValueError(
+            f"d={d} is larger than the group's parameter count D={D}: the subspace would be the whole "
+            "space. Use d <= D."
+        )
     if kind == "auto":
         kind = "dense" if D * d <= DENSE_MAX_ENTRIES else "fastfood"
     if kind == "dense":
@@ -114,8 +116,12 @@ def make_projection(D: int, d: int, seed: int, kind: str = "auto") -> nn.Module:
 def group_parameters(model: nn.Module, pattern: str) -> list[str]:
     """Names of the parameters (weights and biases) of the modules whose names match `pattern` (re.search)."""
     regex = re.compile(pattern)
-    names = [f"{module_name}.{p}" for module_name, module in model.named_modules() if module_name and
-             regex.search(module_name) for p, _ in module.named_parameters(recurse=False)]  # fmt: skip
+    names = [
+        f"{module_name}.{p}"
+        for module_name, module in model.named_modules()
+        if module_name and regex.search(module_name)
+        for p, _ in module.named_parameters(recurse=False)
+    ]
     if not names:
         raise ValueError(f"The group regex {pattern!r} matches no module with parameters in this model.")
     return names
@@ -124,8 +130,11 @@ def group_parameters(model: nn.Module, pattern: str) -> list[str]:
 class Subspace(nn.Module):
     """θ_S = θ_S,0 + P θ_d over the named parameters of `model`; everything else is the model's own."""
 
-    def __init__(self, model: nn.Module, names: Iterable[str], d: int, seed: int = 0, kind: str = "auto"):
+    def __init__(
+        self, model: nn.Module, names: Iterable[str], d: int, seed: int = 0, kind: str = "auto", scale: float = 1.0
+    ):
         super().__init__()
+        self.scale = scale  # multiplies P θ_d: with Adam, the same as scaling θ_d's learning rate
         params = dict(model.named_parameters())
         self.names = list(names)
         self.shapes = [params[n].shape for n in self.names]
@@ -134,14 +143,15 @@ class Subspace(nn.Module):
         self.model = model
         self.theta_d = nn.Parameter(torch.zeros(d))
         self.projection = make_projection(self.D, d, seed, kind) if d > 0 else None
-        self.register_buffer("theta0", torch.cat([params[n].detach().reshape(-1) for n in self.names]),
-                             persistent=False)  # fmt: skip
+        self.register_buffer(
+            "theta0", torch.cat([params[n].detach().reshape(-1) for n in self.names]), persistent=False
+        )
 
     def overrides(self) -> dict[str, torch.Tensor]:
         if self.projection is None:  # d = 0: the frozen model
             flat = self.theta0
         else:
-            flat = self.theta0 + self.projection(self.theta_d)
+            flat = self.theta0 + self.scale * self.projection(self.theta_d)
         return {n: t.view(s) for n, t, s in zip(self.names, torch.split(flat, self.sizes), self.shapes)}
 
     def forward(self, *args, **kwargs):
@@ -150,88 +160,18 @@ class Subspace(nn.Module):
 
 @dataclass
 class RunResult:
+    """One subspace training: `accuracy` is the one d90 is measured on (validation); test is only reported."""
+
     group: str
     d: int
     D: int
     accuracy: float
     seconds: float
+    test_accuracy: float | None = None
+    seed: int = 0
 
 
 def d90(results: list[RunResult], reference: float, fraction: float = 0.9) -> int | None:
     """Smallest d whose accuracy reaches `fraction` × `reference`; None if none does."""
     good = sorted(r.d for r in results if r.accuracy >= fraction * reference)
     return good[0] if good else None
-
-
-def train_subspace(
-    model: nn.Module,
-    names: list[str],
-    d: int,
-    train_batches: Callable[[], Iterable[dict]],
-    evaluate: Callable[[Callable], float],
-    head_names: list[str],
-    epochs: int,
-    lr: float,
-    seed: int = 0,
-    loss_fn: Callable | None = None,
-) -> float:
-    """Train θ_d (and the head) for `epochs` passes; return `evaluate(forward)`. The model's weights are restored.
-
-    `loss_fn(outputs, batch)` defaults to cross-entropy of `outputs.logits` against `batch["labels"]`.
-    """
-    loss_fn = loss_fn or (lambda out, batch: nn.functional.cross_entropy(out.logits, batch["labels"]))
-    saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in set(head_names)}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    heads = [p for n, p in model.named_parameters() if n in set(head_names)]
-    for p in heads:
-        p.requires_grad_(True)
-    sub = Subspace(model, names, d, seed=seed)
-    params = [sub.theta_d, *heads] if d > 0 else heads
-    if not params:
-        return _evaluate_restoring(model, sub, evaluate, saved)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in range(epochs):
-        for batch in train_batches():
-            loss = loss_fn(sub(**{k: v for k, v in batch.items() if k != "labels"}), batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return _evaluate_restoring(model, sub, evaluate, saved)
-
-
-def _evaluate_restoring(model, sub, evaluate, saved) -> float:
-    model.eval()
-    with torch.no_grad():
-        accuracy = evaluate(sub)
-        for n, p in model.named_parameters():  # restore the head for the next run
-            if n in saved:
-                p.copy_(saved[n])
-            p.requires_grad_(False)
-    return accuracy
-
-
-def train_group_fully(model, names, train_batches, evaluate, head_names, epochs, lr) -> float:
-    """Reference: fine-tune the whole group (and the head) directly; the model's weights are restored."""
-    chosen = set(names) | set(head_names)
-    saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in chosen}
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in chosen)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in range(epochs):
-        for batch in train_batches():
-            out = model(**{k: v for k, v in batch.items() if k != "labels"})
-            loss = nn.functional.cross_entropy(out.logits, batch["labels"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = evaluate(model)
-        for n, p in model.named_parameters():
-            if n in saved:
-                p.copy_(saved[n])
-            p.requires_grad_(False)
-    return accuracy

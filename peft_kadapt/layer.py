@@ -58,7 +58,7 @@ class KAdaptationLayer(BaseTunerLayer):
         self.kadapt_dropout = nn.ModuleDict({})
         self.kadapt_u = nn.ParameterDict({})
         self.kadapt_v = nn.ParameterDict({})
-        self.kadapt_A = nn.ModuleDict({})  # replaced by the tuner's shared containers in update_layer
+        self.kadapt_A = nn.ModuleDict({})  # adapter -> the tuner's shared ParameterDict of A-sets, set in update_layer
         self.kadapt_A_right = nn.ModuleDict({})
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -87,9 +87,11 @@ class KAdaptationLayer(BaseTunerLayer):
         self.kadapt_dropout[adapter_name] = dropout
         self.kadapt_u[adapter_name] = nn.Parameter(torch.empty(self.out_features // n, n, r))  # u[:, i] = u_i
         self.kadapt_v[adapter_name] = nn.Parameter(torch.empty(self.in_features // n, n, r))  # v[:, i] = v_i
-        self.kadapt_A = kadapt_A
+        # this adapter's entry of the model-level container: the same ParameterDict object, so the A-sets stay shared,
+        # and the layer lists only the adapters that touch it
+        self.kadapt_A[adapter_name] = kadapt_A[adapter_name]
         if kadapt_A_right is not None:
-            self.kadapt_A_right = kadapt_A_right
+            self.kadapt_A_right[adapter_name] = kadapt_A_right[adapter_name]
         self.reset_kadapt_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
@@ -172,6 +174,13 @@ class KAdaptationLayer(BaseTunerLayer):
         return type(base) is nn.Linear and not hasattr(base, "_hf_hook") and base is self.base_layer
 
     def kadapt_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Base output plus every active adapter's branch, each computed one of three ways:
+
+        - factored: the Kronecker identity, x → Σ_i A_i X v_i u_iᵀ, never building ΔW (`_use_factored`: the cost model,
+          or `forward_mode`);
+        - folded: ΔW added to the base weight and one matmul done (plain `nn.Linear` base, no dropout on the branch);
+        - materialised: ΔW built and applied as a separate matmul (dropout active, or a base that cannot be folded).
+        """
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
@@ -230,8 +239,9 @@ class Linear(nn.Module, KAdaptationLayer):
         super().__init__()
         KAdaptationLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, kadapt_A, slow_key, config, module_name=module_name,
-                          kadapt_A_right=kadapt_A_right)  # fmt: skip
+        self.update_layer(
+            adapter_name, kadapt_A, slow_key, config, module_name=module_name, kadapt_A_right=kadapt_A_right
+        )
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.kadapt_forward(x, *args, **kwargs)

@@ -8,7 +8,12 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from .config import TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING, KAdaptationConfig
+from ._registration import PREFIX
+from .config import (
+    TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING,
+    KAdaptationConfig,
+    default_target_modules,
+)
 from .layer import KAdaptationLayer, Linear, check_n_divides, check_supported
 
 
@@ -48,7 +53,7 @@ class KAdaptationModel(BaseTuner):
         ```
     """
 
-    prefix: str = "kadapt_"
+    prefix: str = PREFIX
     tuner_layer_cls = KAdaptationLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING
     uses_shared_state: bool = True
@@ -69,14 +74,7 @@ class KAdaptationModel(BaseTuner):
 
     def _prepare_adapter_config(self, peft_config: KAdaptationConfig, model_config: dict) -> KAdaptationConfig:
         if peft_config.target_modules is None:
-            model_type = model_config.get("model_type")
-            if model_type not in self.target_module_mapping:
-                raise ValueError(
-                    f"KAdaptation has no default `target_modules` for model type {model_type!r}. Pass "
-                    "`target_modules` (e.g. ['q_proj', 'v_proj']). Model types with defaults: "
-                    f"{sorted(self.target_module_mapping)}."
-                )
-            peft_config.target_modules = set(self.target_module_mapping[model_type])
+            peft_config.target_modules = set(default_target_modules(model_config.get("model_type")))
         return peft_config
 
     def _check_new_adapter_config(self, config: KAdaptationConfig) -> None:
@@ -99,11 +97,13 @@ class KAdaptationModel(BaseTuner):
         container = self._create_slow_weights(kadapt_config, adapter_name, slow_key, base.weight.device)
         right = self._slow_container(SLOW_RIGHT) if kadapt_config.slow_rank is not None else None
         if isinstance(target, KAdaptationLayer):
-            target.update_layer(adapter_name, container, slow_key, kadapt_config, module_name=current_key,
-                                kadapt_A_right=right)  # fmt: skip
+            target.update_layer(
+                adapter_name, container, slow_key, kadapt_config, module_name=current_key, kadapt_A_right=right
+            )
             return
-        new_module = Linear(target, adapter_name, container, slow_key, kadapt_config, module_name=current_key,
-                            kadapt_A_right=right)  # fmt: skip
+        new_module = Linear(
+            target, adapter_name, container, slow_key, kadapt_config, module_name=current_key, kadapt_A_right=right
+        )
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)

@@ -30,8 +30,9 @@ class FakeHub:
             def _record(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                hub.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                     "body": body})  # fmt: skip
+                hub.requests.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                )
                 return body
 
             def do_GET(self):
@@ -66,16 +67,29 @@ class FakeHub:
                         return self._reply(400, {"error": str(error)})
                 if "/preupload/" in path:
                     files = json.loads(body)["files"]
-                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                        "shouldIgnore": False} for f in files]})  # fmt: skip
+                    return self._reply(
+                        200,
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                            ]
+                        },
+                    )
                 if "/commit/" in path:
                     for line in body.decode().splitlines():
                         item = json.loads(line)
                         if item.get("key") == "file":
                             value = item["value"]
                             hub.files[value["path"]] = base64.b64decode(value["content"])
-                    return self._reply(200, {"commitUrl": f"{hub.url}/{self.path.split('/commit/')[0].removeprefix('/api/models/')}/commit/" + "1" * 40, "commitOid": "1" * 40,
-                                             "success": True})  # fmt: skip
+                    return self._reply(
+                        200,
+                        {
+                            "commitUrl": f"{hub.url}/{self.path.split('/commit/')[0].removeprefix('/api/models/')}/commit/"
+                            + "1" * 40,
+                            "commitOid": "1" * 40,
+                            "success": True,
+                        },
+                    )
                 return self._reply(404, {"error": f"unexpected {path}"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -20,11 +20,38 @@ def test_two_processes_agree_and_evaluate_each_example_once(tmp_path):
     torch.manual_seed(0)
     ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT),
-           "--cpu", "--model_name_or_path", str(tmp_path / "backbone"), "--dataset_name", "digits", "--shots", "10",
-           "--test_per_class", "11", "--resolution", "32", "--num_train_epochs", "2", "--kadapt_n", "4",
-           "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--output_dir", str(out),
-           "--save_every_rank"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(SCRIPT),
+        "--cpu",
+        "--model_name_or_path",
+        str(tmp_path / "backbone"),
+        "--dataset_name",
+        "digits",
+        "--shots",
+        "10",
+        "--test_per_class",
+        "11",
+        "--resolution",
+        "32",
+        "--num_train_epochs",
+        "2",
+        "--kadapt_n",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "8",
+        "--output_dir",
+        str(out),
+        "--save_every_rank",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -37,5 +64,8 @@ def test_two_processes_agree_and_evaluate_each_example_once(tmp_path):
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert any(rank0[k].abs().sum() > 0 for k in rank0 if "kadapt_v" in k)  # it trained
-    assert sorted(p.name for p in out.glob("*.safetensors")) == ["adapter_model.safetensors", "rank0.safetensors",
-                                                                 "rank1.safetensors"]  # fmt: skip
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [
+        "adapter_model.safetensors",
+        "rank0.safetensors",
+        "rank1.safetensors",
+    ]

@@ -1,83 +1,149 @@
-"""`kadapt bench` end to end on a tiny ViT (the CI smoke version of the benchmark), and its protocol."""
+"""`kadapt bench` end to end on a tiny ViT (the CI smoke version of the benchmark), its protocol and its report."""
 
 import json
 import math
 
 import pytest
 
-from peft_kadapt.bench import METHODS, bar_lines, merge_results, performance_efficiency
-from peft_kadapt.cli import main as kadapt
+from peft_kadapt.training.bench.protocol import RunRecord, read_records
+from peft_kadapt.training.bench.report import mean_interval, paired_differences
+from peft_kadapt.training.cli import main as kadapt
+from peft_kadapt.training.methods import METHODS
 
 
-def test_smoke_run_writes_results_table_plot_and_speed(tiny_backbone, tmp_path):
+def bench_args(backbone, out, *extra):
+    return [
+        "bench",
+        "--model_name_or_path",
+        backbone,
+        "--datasets",
+        "digits",
+        "--resolution",
+        "32",
+        "--steps",
+        "2",
+        "--test_per_class",
+        "7",
+        "--val_per_class",
+        "3",
+        "--speed_rounds",
+        "1",
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
+
+
+def test_smoke_run_writes_records_table_plot_and_speed_and_resumes(tiny_backbone, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    kadapt(["bench", "--model_name_or_path", tiny_backbone, "--datasets", "digits", "--shots", "5,0",
-            "--full_shot_subset", "12", "--seeds", "0,1", "--methods", "kadaptation n=8,lora r=8,linear,bitfit",
-            "--resolution", "32", "--steps", "2", "--test_per_class", "10", "--val_per_class", "3",
-            "--speed_rounds", "1", "--workers", "2", "--output_dir", str(out)])  # fmt: skip
-    data = json.loads((out / "results.json").read_text())
-    assert len(data["runs"]) == 2 * 2 * 4  # shots x seeds x methods
-    for run in data["runs"]:
-        assert set(run["validation"]) == {str(lr) for lr in METHODS[run["method"]][1]}
-        best = max(run["validation"], key=lambda lr: (run["validation"][lr], -run["validation_loss"][lr]))
-        assert run["chosen_lr"] == float(best)  # best validation accuracy, ties to the lower validation loss
-        assert 0 <= run["test_accuracy"] <= 1 and run["saved_bytes"] > 0
-    full = [r for r in data["runs"] if str(r["shots"]).startswith("full")]
-    assert full and all(r["shots"] == "full (12/class)" for r in full)
-    assert data["speed"]["lora r=8"]["step_vs_lora8"] == 1.0
+    args = bench_args(
+        tiny_backbone,
+        out,
+        "--shots",
+        "5,0",
+        "--full_shot_subset",
+        "12",
+        "--seeds",
+        "0,1",
+        "--methods",
+        "kadaptation n=8,lora r=8,linear,bitfit",
+        "--workers",
+        "2",
+    )
+    kadapt(args)
+    records = read_records(out / "records.jsonl")
+    assert len(records) == 2 * 2 * 4  # shots x seeds x variants
+    for r in records:
+        assert [g["learning_rate"] for g in r.grid] == list(METHODS[r.method].lr_grid)
+        best = max(r.grid, key=lambda g: (g["validation_accuracy"], -g["validation_loss"]))
+        assert r.chosen_lr == best["learning_rate"]  # best validation accuracy, ties to the lower validation loss
+        assert 0 <= r.test_accuracy <= 1 and r.saved_bytes > 0 and r.test_images == 70
+    assert {r.shots for r in records} == {5, "full (12/class)"}
+    speed = json.loads((out / "speed.json").read_text())
+    assert speed["lora r=8"]["step_ratio"] == 1.0
     table = (out / "results.md").read_text()
-    assert "| digits | 5 | kadaptation n=8 |" in table and "± " in table and "step / LoRA r=8" in table
+    assert "| digits | 32 | 5 | kadaptation n=8 |" in table and "± " in table and "step / lora r=8" in table
     assert (out / "pareto.png").stat().st_size > 1000
+
+    import peft_kadapt.training.bench.protocol as protocol
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(protocol, "fit", no_training)
+    kadapt([*args[:-1], "1"])  # the same settings, one worker: everything is recorded already
+    assert len(read_records(out / "records.jsonl")) == 16
 
 
 @pytest.mark.parametrize(
     "validation, grid, expected, trained",
-    [("pool", [], [30, 30, 30, 70], [50, 50, 50]),  # 3 lrs on the 3-per-class pool, then test once on the kept model
-     ("pool", ["--adapter_lrs", "1e-3,1e-2"], [30, 30, 70], [50, 50]),  # a user grid replaces the adapters' grid
-     ("pool", ["--grid", "lora r=8=1e-2"], [30, 70], [50]),  # or one method's
-     ("shots", [], [10, 10, 10, 70], [40, 40, 40, 50])],  # 1 shot per class carved out; retrained on all 5, tested once
-)  # fmt: skip
+    [
+        (
+            "pool",
+            [],
+            [30, 30, 30, 70],
+            [50, 50, 50],
+        ),  # 3 lrs on the 3-per-class pool, then test once on the kept model
+        ("pool", ["--adapter_lrs", "1e-3,1e-2"], [30, 30, 70], [50, 50]),  # a user grid replaces the adapters' grid
+        ("pool", ["--grid", "lora r=8=1e-2"], [30, 70], [50]),  # or one variant's
+        ("pool", ["--grid", "lora r=8=1e-2", "--alphas", "1,4"], [30, 30, 70], [50, 50]),  # alpha x lr
+        ("shots", [], [10, 10, 10, 70], [40, 40, 40, 50]),
+    ],  # 1 shot per class carved out; retrained on all 5, tested once
+)
 def test_validation_chooses_and_test_is_used_once(
     tiny_backbone, tmp_path, monkeypatch, validation, grid, expected, trained
 ):
-    import peft_kadapt.bench as bench
+    import peft_kadapt.training.bench.protocol as protocol
 
-    calls, fits = [], []
-    real_scores, real_fit = bench._scores, bench._fit
+    scored, fits = [], []
+    real_evaluate, real_fit = protocol.evaluate, protocol.fit
 
-    def spy(model, x, y, extra):
-        calls.append(len(y))
-        return real_scores(model, x, y, extra)
+    def evaluate_spy(model, x, y, extra):
+        scored.append(len(y))
+        return real_evaluate(model, x, y, extra)
 
     def fit_spy(model, x, y, *a, **k):
         fits.append(len(y))
         return real_fit(model, x, y, *a, **k)
 
-    monkeypatch.setattr(bench, "_scores", spy)
-    monkeypatch.setattr(bench, "_fit", fit_spy)
-    kadapt(["bench", "--model_name_or_path", tiny_backbone, "--datasets", "digits", "--shots", "5",
-            "--seeds", "0", "--methods", "lora r=8", "--resolution", "32", "--steps", "2", "--test_per_class", "7",
-            "--validation", validation, "--val_per_class", "3", "--workers", "1", "--speed_rounds", "1",
-            "--output_dir", str(tmp_path / "out"), *grid])  # fmt: skip
-    assert calls == expected
-    assert fits == trained  # pool: each lr trains on all 5 shots per class, no retraining; shots: on 4, then all 5
+    monkeypatch.setattr(protocol, "evaluate", evaluate_spy)
+    monkeypatch.setattr(protocol, "fit", fit_spy)
+    kadapt(
+        bench_args(
+            tiny_backbone,
+            tmp_path / "out",
+            "--shots",
+            "5",
+            "--seeds",
+            "0",
+            "--methods",
+            "lora r=8",
+            "--validation",
+            validation,
+            "--workers",
+            "1",
+            *grid,
+        )
+    )
+    assert scored == expected
+    assert fits == trained  # pool: each point trains on all 5 shots per class, no retraining; shots: on 4, then all 5
+    (record,) = read_records(tmp_path / "out" / "records.jsonl")
+    if "--alphas" in grid:
+        assert [g["alpha"] for g in record.grid] == [1.0, 4.0] and record.chosen_alpha in (1.0, 4.0)
 
 
 def test_speed_ratios_have_their_lora_reference_even_when_not_benchmarked(tiny_backbone, tmp_path):
     out = tmp_path / "out"
-    kadapt(["bench", "--model_name_or_path", tiny_backbone, "--datasets", "digits", "--shots", "5",
-            "--seeds", "0", "--methods", "linear", "--resolution", "32", "--steps", "2", "--test_per_class", "7",
-            "--val_per_class", "3", "--workers", "1", "--speed_rounds", "1", "--output_dir", str(out)])  # fmt: skip
-    data = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in data["runs"]] == ["linear"]  # LoRA is timed, not trained
-    assert data["speed"]["lora r=8"]["reference_only"] and math.isfinite(data["speed"]["linear"]["step_vs_lora8"])
-    assert "| lora r=8 (speed reference only) |" in (out / "results.md").read_text()
+    kadapt(bench_args(tiny_backbone, out, "--shots", "5", "--seeds", "0", "--methods", "linear", "--workers", "1"))
+    assert [r.variant for r in read_records(out / "records.jsonl")] == ["linear"]  # LoRA is timed, not trained
+    speed = json.loads((out / "speed.json").read_text())
+    assert speed["lora r=8"]["step_ratio"] == 1.0 and math.isfinite(speed["linear"]["step_ratio"])
 
 
 def test_validation_pool_is_disjoint_from_shots_and_test():
     from datasets import DatasetDict
 
-    from peft_kadapt.data import few_shot, load_image_dataset
+    from peft_kadapt.training.data import few_shot, load_image_dataset
 
     train = load_image_dataset("digits")["train"]
     source = DatasetDict({"train": train.add_column("row", list(range(len(train))))})
@@ -92,49 +158,67 @@ def test_validation_pool_is_disjoint_from_shots_and_test():
         few_shot(source, 5, seed=3, val_pool=1000)
 
 
-def test_performance_efficiency_metric():
-    assert performance_efficiency(0.8, 0, 1000) == 0.8
-    assert math.isclose(performance_efficiency(0.8, 9000, 1000), 0.8 * math.exp(-1.0))
-    with pytest.raises(ValueError, match="Unknown methods"):
-        kadapt(["bench", "--methods", "adapter"])
-    with pytest.raises(ValueError, match="expected METHOD=LR,LR with METHOD one of"):
-        kadapt(["bench", "--methods", "linear", "--grid", "lora r=8=1e-3"])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "adapter"], r"`method` must be one of \('kadaptation'"),
+        (["--methods", "lora rank=4"], r"'rank=4' is not KEY=VALUE with KEY one of \['alpha', 'r', 'targets'\]"),
+        (["--methods", "lora r=four"], r"Variant 'lora r=four': 'four' is not a valid int"),
+        (["--methods", "linear", "--grid", "lora r=8=1e-3"], "expected VARIANT=LR,LR with VARIANT one of"),
+        (["--methods", "linear", "--grid", "linear=fast"], r"--grid 'fast': expected comma-separated numbers"),
+        (["--shots", "five"], r"--shots 'five': expected comma-separated integers"),
+    ],
+)
+def test_bench_argument_errors(tiny_backbone, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        kadapt(bench_args(tiny_backbone, tmp_path, "--workers", "1", *extra))
 
 
-def _result(lrs: dict, chosen: float, test: float, steps: int = 50) -> dict:
-    run = {"dataset": "d", "shots": 5, "seed": 0, "method": "m", "chosen_lr": chosen, "test_accuracy": test,
-           "validation": {lr: acc for lr, (acc, _) in lrs.items()},
-           "validation_loss": {lr: loss for lr, (_, loss) in lrs.items()}}  # fmt: skip
-    return {"settings": {"steps": steps, "output_dir": "x"}, "runs": [run], "speed": {}, "wall_time_s": 1.0}
+def test_downscaling_more_than_twice_warns(tmp_path):
+    from peft_kadapt.training.bench.cli import warn_on_downscaling
+
+    with pytest.warns(UserWarning, match=r"textiles: images of 250x250 px are shrunk to 56 px .*--resolution 224"):
+        warn_on_downscaling(["textiles"], 56)
 
 
-def test_merge_results_chooses_over_the_union_of_grids():
-    low = _result({"0.001": (0.5, 1.0), "0.003": (0.7, 0.8)}, 0.003, 0.61)
-    high = _result({"0.003": (0.7, 0.8), "0.01": (0.8, 0.9)}, 0.01, 0.66)
-    tie = _result({"0.01": (0.7, 0.9)}, 0.01, 0.99)  # same accuracy as 0.003 in `low`: the lower loss wins
-    merged = merge_results([low, high])["runs"]
-    assert len(merged) == 1 and merged[0]["chosen_lr"] == 0.01 and merged[0]["test_accuracy"] == 0.66
-    assert set(merged[0]["validation"]) == {"0.001", "0.003", "0.01"}
-    assert merge_results([low, tie])["runs"][0]["test_accuracy"] == 0.61
-    with pytest.raises(ValueError, match="not of the same splits"):
-        merge_results([low, _result({"0.003": (0.7, 0.5)}, 0.003, 0.6)])
-    with pytest.raises(ValueError, match=r"settings differ in \['steps'\]"):
-        merge_results([low, _result({"0.01": (0.8, 0.9)}, 0.01, 0.66, steps=100)])
+def _record(variant, seed, accuracy, dataset="d", shots=5):
+    return RunRecord(
+        dataset=dataset,
+        shots=shots,
+        seed=seed,
+        variant=variant,
+        method=variant.split()[0],
+        settings={"resolution": 32},
+        grid=[],
+        chosen_lr=1e-3,
+        chosen_alpha=None,
+        validation_accuracy=0.0,
+        test_accuracy=accuracy,
+        test_images=10,
+        trainable_parameters=1,
+        adapter_parameters=1,
+        saved_bytes=1,
+        train_seconds=0.0,
+        wall_seconds=0.0,
+    )
 
 
-def test_bar_lines_pair_splits_and_apply_the_three_conditions():
-    def run(method, seed, acc, adapter, shots=5):
-        return {"dataset": "d", "shots": shots, "seed": seed, "method": method, "test_accuracy": acc,
-                "adapter_parameters": adapter}  # fmt: skip
-
-    runs = [run("lora r=8", 0, 0.60, 100), run("lora r=8", 1, 0.70, 100), run("linear", 0, 0.5, 0),
-            run("linear", 1, 0.5, 0), run("kadaptation a", 0, 0.62, 50), run("kadaptation a", 1, 0.70, 50),
-            run("kadaptation b", 0, 0.70, 51), run("kadaptation b", 1, 0.80, 51),
-            run("kadaptation c", 0, 0.55, 10), run("kadaptation c", 1, 0.70, 10),
-            run("kadaptation a", 0, 0.1, 50, shots="full (9/class)")]  # fmt: skip  # full shot: not in the bar
-    rows = {line.split(" | ")[1]: line for line in bar_lines(runs)[3:]}
-    assert rows["kadaptation a"] == "| d | kadaptation a | 2 | 0.660 | 0.650 | +0.010 ± 0.010 | 0.500 | 0.50 | yes |"
-    assert rows["kadaptation b"].endswith("| 0.51 | no |")  # more accurate, but over half LoRA's parameters
-    assert rows["kadaptation c"].endswith("| 0.10 | no |")  # cheap, but below LoRA
-    one = bar_lines([r for r in runs if r["seed"] == 0])[3:]
-    assert all(line.endswith("| n/a (1 split) |") and "± n/a" in line for line in one)  # no verdict from one split
+def test_paired_differences_pair_by_split_and_pool_datasets():
+    records = [
+        _record("lora", 0, 0.60),
+        _record("lora", 1, 0.70),
+        _record("k", 0, 0.62),
+        _record("k", 1, 0.70),
+        _record("lora", 0, 0.5, "e"),
+        _record("k", 0, 0.4, "e"),
+        _record("k", 0, 0.1, shots="full (9/class)"),
+    ]  # full shot: not paired
+    rows = {(r["dataset"], r["variant"]): r for r in paired_differences(records, "lora")}
+    d = rows[("d", "k")]
+    assert (d["splits"], d["wins"], d["ties"], d["losses"]) == (2, 1, 1, 0)
+    assert math.isclose(d["difference"], 0.01) and math.isclose(d["interval"], 12.706 * 0.01)
+    pooled = rows[("pooled", "k")]
+    assert pooled["splits"] == 3 and math.isclose(pooled["difference"], (0.02 + 0.0 - 0.1) / 3)
+    assert math.isnan(rows[("e", "k")]["interval"])  # one split: no interval
+    mean, half = mean_interval([1.0, 3.0])
+    assert mean == 2.0 and math.isclose(half, 12.706)  # t(1) · stdev √2 / √2

@@ -5,7 +5,7 @@ from peft import get_peft_model
 
 from peft_kadapt import KAdaptationConfig
 from peft_kadapt.budget import parameter_report, propose_configs
-from peft_kadapt.cli import main as kadapt
+from peft_kadapt.training.cli import main as kadapt
 
 from conftest import make_vit
 
@@ -53,9 +53,9 @@ def test_budget_below_the_smallest_configuration():
 
 def test_training_command_reports_and_proposes(tmp_path, capsys):
     make_vit().save_pretrained(tmp_path)
-    kadapt(["train", "--model_name_or_path", str(tmp_path), "--kadapt_n", "4", "--kadapt_slow_rank", "1",
-            "--report_parameters", "--parameter_budget", "2000", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    kadapt(
+        ["params", "--model_name_or_path", str(tmp_path), "--n", "4", "--slow_rank", "1", "--parameter_budget", "2000"]
+    )
     out = capsys.readouterr().out
     assert "KAdaptation total: 320 (fast 256 + slow 64)" in out and "LoRA r=8 on the same layers: 2,048" in out
     assert "Settings within 2,000 parameters" in out
-    assert not (tmp_path / "out" / "metrics.json").exists()  # reported, did not train

@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image
 
-from peft_kadapt.data import FASHION_MNIST_DIR, few_shot, image_transform, load_image_dataset
+from peft_kadapt.training.data import FASHION_MNIST_DIR, few_shot, image_transform, load_image_dataset
 
 
 PINNED_DIGITS_VALIDATION = "07baa8a2e27a79f9"  # few_shot(digits, shots=10, seed=3, val_shots=2, test_per_class=20)
@@ -79,7 +79,8 @@ def test_image_folder_and_column_names(tmp_path):
             folder.mkdir(parents=True)
             for i in range(6):
                 PILImage.new("L" if i % 2 else "RGB", (20, 10), colour if not i % 2 else 100 + c).save(
-                    folder / f"{i}.png")  # fmt: skip
+                    folder / f"{i}.png"
+                )
     dsd = load_image_dataset(str(tmp_path))
     assert set(dsd) == {"train", "test"} and dsd["train"].features["label"].names == ["class_blue", "class_red"]
     batch = image_transform([0.5] * 3, [0.5] * 3, 16)(dsd["train"][:4])
@@ -87,8 +88,9 @@ def test_image_folder_and_column_names(tmp_path):
 
     renamed = Dataset.from_dict({"img": dsd["train"]["image"], "target": dsd["train"]["label"]})
     renamed.to_parquet(str(tmp_path / "data.parquet"))
-    loaded = load_image_dataset("parquet", image_column="img", label_column="target",
-                                data_files=str(tmp_path / "data.parquet"))  # fmt: skip
+    loaded = load_image_dataset(
+        "parquet", image_column="img", label_column="target", data_files=str(tmp_path / "data.parquet")
+    )
     assert loaded["train"].column_names == ["image", "label"] and len(loaded["train"]) == 12
 
 

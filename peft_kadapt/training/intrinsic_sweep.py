@@ -1,0 +1,307 @@
+"""`kadapt intrinsic-dim`: measure d90 per submodule group on a model and a dataset; write JSON, markdown, a plot,
+a recommended `target_modules` and a ready KAdaptation config.
+
+Every choice is made on validation (images per class drawn outside the shots): the reference accuracy, d90 and the
+recommended groups. Test accuracy is measured for every run and reported, never used. With several sampling seeds, d90
+is read off the mean validation curve over seeds. Learning rates: `--lr` is the head's and θ_d's at d = `--lr_ref_d`;
+for larger d the projection is scaled by sqrt(lr_ref_d / d), which with Adam is the same as scaling θ_d's learning
+rate, so that a large subspace does not take larger steps in weight space (‖P Δθ_d‖ grows like sqrt(d) otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..budget import parameter_report, propose_configs
+from ..config import KAdaptationConfig
+from ..intrinsic import DEFAULT_GROUPS, RunResult, Subspace, d90, group_parameters
+from .backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwargs, resolve_model
+from .data import few_shot, image_transform, load_image_dataset, to_tensors
+from .engine import Recipe, evaluate, fit
+from .methods import HEAD
+
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kadapt intrinsic-dim", description=__doc__)
+    p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
+    p.add_argument("--dataset_name", default="mnist5k")
+    p.add_argument("--shots", type=int, default=10, help="training images per class")
+    p.add_argument("--val_per_class", type=int, default=10, help="validation images per class (outside the shots)")
+    p.add_argument("--test_per_class", type=int, default=20, help="test images per class (held out; reported only)")
+    p.add_argument("--resolution", type=int, default=56)
+    p.add_argument("--dims", default="0,10,100,1000,10000", help="comma-separated d values (0 = head only)")
+    p.add_argument(
+        "--group",
+        action="append",
+        default=None,
+        metavar="NAME=REGEX",
+        help="a group of modules by name regex; repeatable; default: q, k, v, output, fc1, fc2",
+    )
+    p.add_argument(
+        "--reference",
+        choices=["best", "full"],
+        default="best",
+        help="d90 reference: the best validation accuracy over d for the group, or full fine-tuning of the group",
+    )
+    p.add_argument("--steps", type=int, default=50, help="optimiser steps per run")
+    p.add_argument("--batch_size", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1e-2, help="for the head, and for θ_d at d = --lr_ref_d")
+    p.add_argument("--lr_ref_d", type=int, default=100, help="d above which θ_d's step is scaled by sqrt(ref/d)")
+    p.add_argument("--full_lr", type=float, default=1e-4, help="for the 'full' reference")
+    p.add_argument("--seeds", default="0", help="comma-separated sampling seeds (d90 from the mean curve)")
+    p.add_argument("--parameter_budget", type=int, default=None, help="recommend n, r within this many parameters")
+    p.add_argument("--output_dir", default="outputs/intrinsic_dim")
+    return p.parse_args(argv)
+
+
+def parse_groups(specs: list[str] | None) -> dict[str, str]:
+    if not specs:
+        return dict(DEFAULT_GROUPS)
+    groups = {}
+    for spec in specs:
+        name, sep, regex = spec.partition("=")
+        if not sep or not name or not regex:
+            raise ValueError(f"--group {spec!r}: expected NAME=REGEX, e.g. --group 'query=\\.q_proj$'.")
+        try:
+            re.compile(regex)
+        except re.error as error:
+            raise ValueError(f"--group {spec!r}: {regex!r} is not a valid regular expression ({error}).") from None
+        groups[name] = regex
+    return groups
+
+
+def parse_dims(text: str) -> list[int]:
+    try:
+        dims = sorted({int(x) for x in text.split(",")})
+    except ValueError:
+        raise ValueError(f"--dims {text!r}: expected comma-separated non-negative integers, e.g. 0,10,100.") from None
+    if dims[0] < 0:
+        raise ValueError(f"--dims {text!r}: d must be >= 0 (0 trains the head alone).")
+    return dims
+
+
+def subspace_run(model, names, d, data, recipe, extra, scale: float, head: list[str]) -> tuple[float, float]:
+    """Train θ_d and the head through `Subspace`; (validation, test) accuracy. The model's weights are restored."""
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in head}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in saved)
+    sub = Subspace(model, names, d, seed=recipe.seed, scale=scale)
+    try:
+        fit(sub, x_tr, y_tr, recipe, extra)
+        return evaluate(sub, x_val, y_val, extra).accuracy, evaluate(sub, x_te, y_te, extra).accuracy
+    finally:
+        _restore(model, saved)
+
+
+def full_run(model, names, data, recipe, extra, head: list[str]) -> tuple[float, float]:
+    """Reference: fine-tune the whole group and the head directly; (validation, test). Weights restored."""
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
+    chosen = set(names) | set(head)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in chosen}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in chosen)
+    try:
+        fit(model, x_tr, y_tr, recipe, extra)
+        return evaluate(model, x_val, y_val, extra).accuracy, evaluate(model, x_te, y_te, extra).accuracy
+    finally:
+        _restore(model, saved)
+
+
+@torch.no_grad()
+def _restore(model, saved: dict) -> None:
+    for n, p in model.named_parameters():
+        if n in saved:
+            p.copy_(saved[n])
+        p.requires_grad_(False)
+
+
+def recommend_config(model, targets: list[str], budget: int | None) -> dict:
+    """n, r, slow_rank for the recommended targets: the library defaults when they fit (and `budget` allows), else the
+    most expressive setting of `peft_kadapt.budget.propose_configs` within `budget` (default: the defaults' cost)."""
+    default = KAdaptationConfig(target_modules=targets)
+    common = math.gcd(*(math.gcd(*model.get_submodule(m).weight.shape) for m in _modules(model, targets)))
+    default_cost = parameter_report(model, default).total if common % default.n == 0 else None
+    if default_cost is not None and (budget is None or default_cost <= budget):
+        return {"n": default.n, "r": default.r, "slow_rank": default.slow_rank, "parameters": default_cost}
+    setting, report = propose_configs(model, budget or default_cost or 20_000, targets, top=1)[0]
+    return {**setting, "parameters": report.total}
+
+
+def _modules(model, targets: list[str]) -> list[str]:
+    return [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in targets]
+
+
+def run_sweep(args: argparse.Namespace) -> dict:
+    from transformers import AutoModelForImageClassification
+
+    start = time.perf_counter()
+    groups, dims = parse_groups(args.group), parse_dims(args.dims)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    source = load_image_dataset(args.dataset_name)
+    labels = source["train"].features["label"].names
+    torch.manual_seed(seeds[0])
+    model = AutoModelForImageClassification.from_pretrained(
+        resolve_model(args.model_name_or_path), num_labels=len(labels), ignore_mismatched_sizes=True
+    )
+    transform = image_transform(*image_normalization(args.model_name_or_path), args.resolution)
+    extra = pos_encoding_kwargs(model, args.resolution)
+    head = [n for n, _ in model.named_parameters() if n.startswith(HEAD + ".")]
+    group_names = {g: group_parameters(model, regex) for g, regex in groups.items()}  # errors before any training
+    params = dict(model.named_parameters())
+    sizes = {g: sum(params[n].numel() for n in ns) for g, ns in group_names.items()}
+    for g, D in sizes.items():
+        if dims[-1] > D:
+            raise ValueError(f"--dims: d={dims[-1]} is larger than group {g!r}'s parameter count D={D:,d}.")
+
+    results: list[RunResult] = []
+    references: dict[tuple[str, int], float] = {}
+    for seed in tqdm(seeds, desc="seeds"):
+        splits = few_shot(
+            source, args.shots, seed=seed, test_per_class=args.test_per_class, val_pool=args.val_per_class
+        )
+        data = [to_tensors(splits[s], transform) for s in ("train", "validation", "test")]
+        recipe = Recipe(args.lr, args.steps, args.batch_size, weight_decay=0.0, seed=seed)
+        head_only = None
+        for g in tqdm(groups, desc="groups", leave=False):
+            for d in dims:
+                t = time.perf_counter()
+                if d == 0 and head_only is not None:  # d = 0 trains the head alone: the same run for every group
+                    val, test = head_only
+                else:
+                    scale = min(1.0, math.sqrt(args.lr_ref_d / d)) if d else 1.0
+                    val, test = subspace_run(model, group_names[g], d, data, recipe, extra, scale, head)
+                    head_only = (val, test) if d == 0 else head_only
+                results.append(RunResult(g, d, sizes[g], val, round(time.perf_counter() - t, 1), test, seed))
+                logger.info("seed %d %s d=%d: validation %.4f, test %.4f", seed, g, d, val, test)
+            if args.reference == "full":
+                full = Recipe(args.full_lr, args.steps, args.batch_size, weight_decay=0.0, seed=seed)
+                references[(g, seed)] = full_run(model, group_names[g], data, full, extra, head)[0]
+
+    summary = {}
+    for g in groups:
+        curve = [
+            RunResult(g, d, sizes[g], statistics.mean(r.accuracy for r in results if r.group == g and r.d == d), 0.0)
+            for d in dims
+        ]
+        if args.reference == "full":
+            reference = statistics.mean(references[(g, s)] for s in seeds)
+        else:
+            reference = max(r.accuracy for r in curve)
+        test = {d: statistics.mean(r.test_accuracy for r in results if r.group == g and r.d == d) for d in dims}
+        summary[g] = {
+            "D": sizes[g],
+            "reference_validation_accuracy": reference,
+            "d90": d90(curve, reference),
+            "d90_per_seed": [
+                d90([r for r in results if r.group == g and r.seed == s], references.get((g, s), reference))
+                for s in seeds
+            ],
+            "validation_curve": {d: r.accuracy for d, r in zip(dims, curve)},
+            "test_curve": test,
+        }
+    ranked = sorted(
+        groups,
+        key=lambda g: (
+            summary[g]["d90"] is None,
+            summary[g]["d90"] or 0,
+            -summary[g]["reference_validation_accuracy"],
+        ),
+    )
+    recommended_targets = sorted({n.rsplit(".", 2)[-2] for g in ranked[:2] for n in group_names[g]})
+    setting = recommend_config(model, recommended_targets, args.parameter_budget)
+    out = {
+        "settings": vars(args),
+        "groups": groups,
+        "dims": dims,
+        "seeds": seeds,
+        "runs": [r.__dict__ for r in results],
+        "summary": summary,
+        "recommended_groups": ranked[:2],
+        "recommended_target_modules": recommended_targets,
+        "recommended_setting": setting,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "train_images": args.shots * len(labels),
+        "validation_images": args.val_per_class * len(labels),
+    }
+    write_outputs(out, Path(args.output_dir))
+    return out
+
+
+def write_outputs(out: dict, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "intrinsic_dim.json").write_text(json.dumps(out, indent=2))
+    groups, dims, summary = list(out["groups"]), out["dims"], out["summary"]
+    lines = [
+        f"Validation accuracy (mean over sampling seeds {out['seeds']}); test accuracy in brackets, reported only.",
+        "",
+        "| d | " + " | ".join(groups) + " |",
+        "|---" * (len(groups) + 1) + "|",
+    ]
+    for d in dims:
+        cells = [f"{summary[g]['validation_curve'][d]:.3f} ({summary[g]['test_curve'][d]:.3f})" for g in groups]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    lines.append("| **D** | " + " | ".join(f"{summary[g]['D']:,d}" for g in groups) + " |")
+    lines.append(
+        f"| **reference ({out['settings']['reference']}, validation)** | "
+        + " | ".join(f"{summary[g]['reference_validation_accuracy']:.3f}" for g in groups)
+        + " |"
+    )
+    lines.append("| **d90** | " + " | ".join(str(summary[g]["d90"]) for g in groups) + " |")
+    lines.append("| d90 per seed | " + " | ".join(str(summary[g]["d90_per_seed"]) for g in groups) + " |")
+    setting = out["recommended_setting"]
+    lines += [
+        "",
+        f"Recommended target_modules: {out['recommended_target_modules']} (groups {out['recommended_groups']}); "
+        f"n={setting['n']}, r={setting['r']}, slow_rank={setting['slow_rank']}: {setting['parameters']:,d} adapter "
+        "parameters.",
+    ]
+    (output_dir / "intrinsic_dim.md").write_text("\n".join(lines) + "\n")
+    config = KAdaptationConfig(
+        n=setting["n"],
+        r=setting["r"],
+        slow_rank=setting["slow_rank"],
+        target_modules=out["recommended_target_modules"],
+        modules_to_save=[HEAD],
+    )
+    config.save_pretrained(str(output_dir / "kadaptation_config"))
+    plot(out, output_dir / "intrinsic_dim.png")
+
+
+def plot(out: dict, path: Path) -> None:
+    from .plotting import pyplot, save
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for g, entry in out["summary"].items():
+        curve = sorted(entry["validation_curve"].items())
+        xs = [max(d, 1) for d, _ in curve]  # d = 0 drawn at 1 on the log axis
+        line = ax.plot(xs, [a for _, a in curve], marker="o", label=g)[0]
+        if entry["d90"] is not None:
+            ax.axvline(max(entry["d90"], 1), color=line.get_color(), linestyle=":", alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel("d (subspace dimension; d = 0 drawn at 1)")
+    ax.set_ylabel("validation accuracy (mean over seeds)")
+    ax.set_title(f"local intrinsic dimension, d90 dotted (reference: {out['settings']['reference']})")
+    ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    out = run_sweep(parse_args(argv))
+    print((Path(out["settings"]["output_dir"]) / "intrinsic_dim.md").read_text())
+    return out

@@ -1,0 +1,220 @@
+"""The method table: every way this package fine-tunes an image classifier, in one place.
+
+A method is a name (`kadaptation`, `lora`, `lokr`, `linear`, `bitfit`, `full`) mapped to how its PEFT config is built,
+which parameters train, its default learning rate and the learning-rate grid `kadapt bench` searches. `kadapt train`,
+`kadapt bench`, the Trainer and Accelerate examples and the docs' method table all read `METHODS`.
+
+A *variant* is a method with settings, written as the method name followed by `key=value` pairs, e.g.
+`"kadaptation n=32 slow_rank=1"` or `"lora r=1 alpha=1 targets=q_proj+k_proj+v_proj"` (see `VARIANT_KEYS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+
+from peft import LoKrConfig, LoraConfig, PeftConfig, get_peft_model
+from torch import nn
+
+from ..config import KAdaptationConfig, default_target_modules
+from .backbones import DINOV2_SMALL_ALIAS, resolve_model
+
+
+HEAD = "classifier"
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone, which method, and the method's settings (defaults are the libraries' own)."""
+
+    model_name_or_path: str = field(
+        default=DINOV2_SMALL_ALIAS,
+        metadata={"help": f"Hub id, local path, or the offline alias {DINOV2_SMALL_ALIAS!r}."},
+    )
+    method: str = field(
+        default="kadaptation",
+        metadata={"help": "kadaptation, lora, lokr, linear (head only), bitfit (biases and head) or full."},
+    )
+    target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated module names to adapt; the model type's q/v projections when unset."},
+    )
+    kadapt_n: int = field(default=KAdaptationConfig.n, metadata={"help": "KAdaptation: number of Kronecker terms n."})
+    kadapt_r: int = field(default=KAdaptationConfig.r, metadata={"help": "KAdaptation: rank r of each fast product."})
+    kadapt_alpha: float = field(
+        default=KAdaptationConfig.alpha, metadata={"help": "KAdaptation: scaling = alpha / sqrt(n r)."}
+    )
+    kadapt_slow_rank: int | None = field(
+        default=KAdaptationConfig.slow_rank,
+        metadata={"help": "KAdaptation: rank of each slow matrix A_i (unset: full n x n)."},
+    )
+    share_slow_weights: str = field(
+        default=KAdaptationConfig.share_slow_weights, metadata={"help": "KAdaptation: per_target, global or none."}
+    )
+    kadapt_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "A directory holding a KAdaptation adapter_config.json (e.g. the one `kadapt intrinsic-dim` "
+            "recommends); replaces the other --kadapt_* flags and --target_modules."
+        },
+    )
+    lora_r: int = field(default=LoraConfig.r, metadata={"help": "LoRA / LoKr rank."})
+    lora_alpha: float = field(default=LoraConfig.lora_alpha, metadata={"help": "LoRA / LoKr alpha."})
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the method table."""
+
+    name: str
+    trains: str  # in words, for docs and logs
+    learning_rate: float  # default when none is given
+    lr_grid: tuple[float, ...]  # searched on validation by `kadapt bench`
+    peft_config: Callable[[ModelArguments, list[str]], PeftConfig] | None = None  # None: no adapter
+    trainable: Callable[[str], bool] | None = None  # for methods without adapter: which parameters train
+
+
+def _kadaptation(args: ModelArguments, targets: list[str]) -> PeftConfig:
+    if args.kadapt_config:
+        return _saved_kadaptation_config(args.kadapt_config)
+    return KAdaptationConfig(
+        n=args.kadapt_n,
+        r=args.kadapt_r,
+        alpha=args.kadapt_alpha,
+        slow_rank=args.kadapt_slow_rank,
+        share_slow_weights=args.share_slow_weights,
+        target_modules=targets,
+        modules_to_save=[HEAD],
+    )
+
+
+def _saved_kadaptation_config(path: str) -> KAdaptationConfig:
+    config = KAdaptationConfig.from_pretrained(path)
+    config.modules_to_save = [HEAD]
+    config.inference_mode = False  # a config saved with a trained adapter is in inference mode: train it
+    return config
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith(HEAD + ".")
+
+
+ADAPTER_LR_GRID = (3e-4, 1e-3, 3e-3)
+METHODS: dict[str, Method] = {
+    "kadaptation": Method("kadaptation", "KAdaptation factors and the head", 3e-3, ADAPTER_LR_GRID, _kadaptation),
+    "lora": Method(
+        "lora",
+        "LoRA factors and the head",
+        3e-3,
+        ADAPTER_LR_GRID,
+        lambda a, t: LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, target_modules=t, modules_to_save=[HEAD]),
+    ),
+    "lokr": Method(
+        "lokr",
+        "LoKr factors and the head",
+        1e-2,
+        ADAPTER_LR_GRID,
+        lambda a, t: LoKrConfig(r=a.lora_r, alpha=a.lora_alpha, target_modules=t, modules_to_save=[HEAD]),
+    ),
+    "linear": Method("linear", "the head only (linear probe)", 1e-2, (1e-3, 3e-3, 1e-2), trainable=_is_head),
+    "bitfit": Method(
+        "bitfit",
+        "every bias and the head",
+        1e-3,
+        (1e-3, 3e-3, 1e-2),
+        trainable=lambda name: _is_head(name) or name.endswith(".bias"),
+    ),
+    "full": Method("full", "every parameter", 1e-5, (1e-5, 3e-5, 1e-4), trainable=lambda name: True),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"`method` must be one of {tuple(METHODS)}, got {name!r}.")
+    return METHODS[name]
+
+
+def target_modules(args: ModelArguments, model: nn.Module) -> list[str]:
+    """--target_modules split on commas, or the model type's default (one rule, in `peft_kadapt.config`)."""
+    if args.target_modules:
+        return [t.strip() for t in args.target_modules.split(",") if t.strip()]
+    return default_target_modules(getattr(model.config, "model_type", None))
+
+
+def build_model(args: ModelArguments, labels: list[str]) -> tuple[nn.Module, bool]:
+    """The backbone with a new `classifier` head for `labels` and the method applied; returns (model, is_peft)."""
+    from transformers import AutoModelForImageClassification
+
+    method = get_method(args.method)
+    id2label = dict(enumerate(labels))
+    model = AutoModelForImageClassification.from_pretrained(
+        resolve_model(args.model_name_or_path),
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        ignore_mismatched_sizes=True,
+    )
+    if not hasattr(model, HEAD):
+        raise ValueError(f"{type(model).__name__} has no `{HEAD}` head; only classifiers with one are supported.")
+    if method.peft_config is None:
+        for name, param in model.named_parameters():
+            param.requires_grad = method.trainable(name)
+        return model, False
+    targets = None if args.kadapt_config else target_modules(args, model)
+    return get_peft_model(model, method.peft_config(args, targets)), True
+
+
+# Variants: "METHOD key=value ..." -> ModelArguments. Keys common to several methods map by method.
+VARIANT_KEYS = {
+    "kadaptation": {
+        "n": "kadapt_n",
+        "r": "kadapt_r",
+        "alpha": "kadapt_alpha",
+        "slow_rank": "kadapt_slow_rank",
+        "share": "share_slow_weights",
+        "targets": "target_modules",
+    },
+    "lora": {"r": "lora_r", "alpha": "lora_alpha", "targets": "target_modules"},
+    "lokr": {"r": "lora_r", "alpha": "lora_alpha", "targets": "target_modules"},
+    "linear": {},
+    "bitfit": {},
+    "full": {},
+}
+
+
+def parse_variant(variant: str, **defaults) -> ModelArguments:
+    """`"kadaptation n=32 slow_rank=1"` -> `ModelArguments(method="kadaptation", kadapt_n=32, kadapt_slow_rank=1)`.
+
+    `targets` takes module names joined by `+`. `defaults` (e.g. `model_name_or_path=...`) fill the other fields.
+    """
+    name, *pairs = variant.split()
+    keys = VARIANT_KEYS[get_method(name).name]
+    types = {f.name: f.type for f in fields(ModelArguments)}
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in keys:
+            raise ValueError(
+                f"Variant {variant!r}: {pair!r} is not KEY=VALUE with KEY one of {sorted(keys) or 'none'} "
+                f"(for method {name!r})."
+            )
+        field_name = keys[key]
+        values[field_name] = _convert(raw.replace("+", ","), types[field_name], variant)
+    return replace(ModelArguments(**defaults), method=name, **values)
+
+
+def _convert(raw: str, annotation: str, variant: str):
+    kind = annotation.split("|")[0].strip()
+    try:
+        return {"int": int, "float": float}.get(kind, str)(raw)
+    except ValueError:
+        raise ValueError(f"Variant {variant!r}: {raw!r} is not a valid {kind}.") from None
+
+
+def methods_markdown() -> str:
+    """The method table as markdown (docs/training.md holds this text; a test keeps the two equal)."""
+    lines = ["| method | trains | default learning rate | `kadapt bench` grid |", "|---|---|---|---|"]
+    for m in METHODS.values():
+        grid = ", ".join(f"{lr:g}" for lr in m.lr_grid)
+        lines.append(f"| `{m.name}` | {m.trains} | {m.learning_rate:g} | {grid} |")
+    return "\n".join(lines)

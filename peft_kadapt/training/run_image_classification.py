@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""Fine-tune an image classifier with KAdaptation (or LoRA, LoKr, a linear probe, BitFit, full fine-tuning) with the
+transformers Trainer, offline or from the Hub.
+
+    python examples/image_classification/run_image_classification.py --dataset_name mnist5k --shots 20 \\
+        --output_dir outputs/mnist5k-kadaptation
+    kadapt train --dataset_name mnist5k --method lora --lora_r 8 --output_dir outputs/mnist5k-lora   # the same program
+    kadapt train args.json     # or args.yaml: every argument from a file, same defaults as the flags
+
+The checkpoint is chosen on the validation split; the test split is evaluated once, at the end. Every
+`transformers.TrainingArguments` option works (`--learning_rate`, `--num_train_epochs`, `--resume_from_checkpoint`,
+...), with the defaults below. The learning rate defaults to the method's (`peft_kadapt.training.METHODS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from peft_kadapt.hub import write_model_card
+from peft_kadapt.training import (
+    HEAD,
+    METHODS,
+    ModelArguments,
+    build_model,
+    claim_output_dir,
+    few_shot,
+    image_normalization,
+    image_transform,
+    load_checkpoint_weights,
+    load_image_dataset,
+    plot_training_curve,
+    pos_encoding_kwargs,
+    staged,
+)
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which images, how many, at what resolution."""
+
+    dataset_name: str = field(
+        default="mnist5k", metadata={"help": "fashion_mnist, mnist5k, textiles, digits, a Hub id or an image folder."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    image_column_name: str = field(default="image", metadata={"help": "Image column of the source."})
+    label_column_name: str = field(default="label", metadata={"help": "Label column of the source."})
+    shots: int = field(default=20, metadata={"help": "Images per class (validation included); 0 = all."})
+    val_shots: int | None = field(
+        default=None, metadata={"help": "Validation images per class carved from the shots (default: a fifth)."}
+    )
+    val_pool: int | None = field(
+        default=None,
+        metadata={"help": "Instead: validation images per class drawn outside the shots (extra labelled images)."},
+    )
+    test_per_class: int | None = field(
+        default=50, metadata={"help": "Test images per class (held out of the pool if there is no test split)."}
+    )
+    sampling_seed: int = field(default=0, metadata={"help": "Seed of the few-shot sampling."})
+    resolution: int = field(default=112, metadata={"help": "Input resolution in pixels."})
+
+
+@dataclass
+class ImageClassificationTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the defaults of this program: select on validation accuracy every epoch."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where the adapter, metrics and card go."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate (default: the method's, from the method table)."}
+    )
+    num_train_epochs: float = field(default=15.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norms)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best checkpoint on validation."})
+    metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "The metric that selects."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best is always kept)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the image column for the transform."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation and data order."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the files of an earlier run in --output_dir (others are kept)."}
+    )
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ImageClassificationTrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
+    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        model_args, data_args, training_args = parser.parse_yaml_file(os.path.abspath(argv[0]))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if model_args.method not in METHODS:
+        parser.error(f"--method must be one of {', '.join(METHODS)}, got {model_args.method!r}")
+    if training_args.learning_rate is None:
+        training_args.learning_rate = METHODS[model_args.method].learning_rate
+    return model_args, data_args, training_args
+
+
+def compute_metrics(eval_pred) -> dict:
+    # accuracy by hand: evaluate.load("accuracy") fetches its script from the Hub
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    # One run per output directory: an earlier run's files are refused unless --overwrite_output_dir, and a second
+    # run started into the same directory fails at once.
+    resuming = training_args.resume_from_checkpoint is not None
+    claim = claim_output_dir(training_args.output_dir, training_args.overwrite_output_dir, resuming)
+    with claim if training_args.process_index == 0 else contextlib.nullcontext():
+        return train_and_test(model_args, data_args, training_args)
+
+
+def train_and_test(model_args, data_args, training_args) -> dict:
+    start = time.perf_counter()
+    transformers.set_seed(training_args.seed)
+
+    # Data: a class-balanced few-shot split (train / validation / test) of an offline dataset, a folder or a Hub id.
+    load_kwargs = {"name": data_args.dataset_config_name} if data_args.dataset_config_name else {}
+    source = load_image_dataset(
+        data_args.dataset_name, data_args.image_column_name, data_args.label_column_name, **load_kwargs
+    )
+    splits = few_shot(
+        source,
+        data_args.shots or None,
+        seed=data_args.sampling_seed,
+        val_shots=data_args.val_shots,
+        test_per_class=data_args.test_per_class,
+        val_pool=data_args.val_pool,
+    )
+    labels = splits["train"].features["label"].names
+
+    # Model: the backbone with a new head, adapted as the method table says.
+    model, is_peft = build_model(model_args, labels)
+    transform = image_transform(*image_normalization(model_args.model_name_or_path), data_args.resolution)
+    for split in splits.values():
+        split.set_transform(transform)
+    extra = pos_encoding_kwargs(model, data_args.resolution)
+
+    def collate(examples):
+        pixel_values = torch.stack([e["pixel_values"] for e in examples])
+        return {"pixel_values": pixel_values, "labels": torch.tensor([e["labels"] for e in examples]), **extra}
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("%s: %s trainable of %s parameters", model_args.method, f"{trainable:,}", f"{total:,}")
+
+    # Train, choosing the checkpoint on validation; then test once.
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=collate,
+        compute_metrics=compute_metrics,
+    )
+    if training_args.resume_from_checkpoint and not is_peft:
+        load_checkpoint_weights(
+            model, training_args.resume_from_checkpoint
+        )  # the Trainer's reload misses renamed keys
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    best = trainer.state.best_model_checkpoint
+    if training_args.load_best_model_at_end and best and not is_peft:
+        load_checkpoint_weights(trainer.model, best)  # exactly the chosen checkpoint, encoder included
+    validation = trainer.evaluate(splits["validation"], metric_key_prefix="validation")
+    test = trainer.evaluate(splits["test"], metric_key_prefix="test")
+
+    # Save the chosen weights, the metrics, the training curve and a model card; files appear complete or not at all.
+    with staged(training_args.output_dir, trainer.is_world_process_zero()) as staging:
+        trainer.save_model(str(staging))
+        metrics = collect_metrics(model_args, data_args, training_args, model, is_peft, splits, validation, test)
+        metrics["best_checkpoint"] = best
+        metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
+        if trainer.is_world_process_zero():
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            plot_training_curve(trainer.state.log_history, staging / "training_curve.png", title=model_args.method)
+            if is_peft:
+                write_model_card(staging, metrics=metrics)
+    summary = ("method", "test_accuracy", "validation_accuracy", "trainable_parameters")
+    print(json.dumps({k: metrics[k] for k in summary}))
+    return metrics
+
+
+def collect_metrics(model_args, data_args, training_args, model, is_peft, splits, validation, test) -> dict:
+    weights = (
+        Path(training_args.output_dir) / ".staging" / ("adapter_model.safetensors" if is_peft else "model.safetensors")
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "method": model_args.method,
+        "model_name_or_path": model_args.model_name_or_path,
+        "dataset": data_args.dataset_name,
+        "shots": data_args.shots or None,
+        "sampling_seed": data_args.sampling_seed,
+        "resolution": data_args.resolution,
+        "train_images": len(splits["train"]),
+        "validation_images": len(splits["validation"]),
+        "test_images": len(splits["test"]),
+        "validation_accuracy": validation["validation_accuracy"],
+        "test_accuracy": test["test_accuracy"],
+        "trainable_parameters": trainable,
+        "head_parameters": sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." in n),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "saved_file": weights.name,
+        "saved_file_bytes": weights.stat().st_size if weights.exists() else None,
+        "model_args": asdict(model_args),
+        "data_args": asdict(data_args),
+        "learning_rate": training_args.learning_rate,
+        "num_train_epochs": training_args.num_train_epochs,
+        "max_steps": training_args.max_steps,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+    }
+
+
+if __name__ == "__main__":
+    main()
