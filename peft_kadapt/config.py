@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -156,6 +157,12 @@ class KAdaptationConfig(PeftConfig):
 
     def __post_init__(self):
         ensure_peft_type()
+        for name in ("target_modules", "exclude_modules"):  # PEFT turns a list into a set: check the type first
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, list, set, tuple)):
+                raise ValueError(
+                    f"`{name}` should be a list of module names or a regex string but the value passed is {value!r}."
+                )
         super().__post_init__()
         self.peft_type = PeftType.KADAPTATION
         self.target_modules = (
@@ -177,10 +184,30 @@ class KAdaptationConfig(PeftConfig):
                 f"`slow_rank` should be None (full n×n slow matrices) or an integer between 1 and n={self.n}, but the "
                 f"value passed is {self.slow_rank!r}."
             )
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool):
-            raise ValueError(f"`alpha` should be a number but the value passed is {self.alpha!r}.")
-        if not 0.0 <= self.kadapt_dropout < 1.0:
+        if not _is_number(self.alpha) or not math.isfinite(self.alpha) or self.alpha == 0:
+            raise ValueError(
+                f"`alpha` should be a finite, non-zero number (the update's scale) but the value passed is "
+                f"{self.alpha!r}."
+            )
+        if not _is_number(self.kadapt_dropout) or not 0.0 <= self.kadapt_dropout < 1.0:
             raise ValueError(f"`kadapt_dropout` should be in [0, 1) but the value passed is {self.kadapt_dropout!r}.")
+        if not isinstance(self.init_weights, bool):
+            raise ValueError(f"`init_weights` should be True or False but the value passed is {self.init_weights!r}.")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str) and not all(isinstance(v, str) for v in value):
+                raise ValueError(
+                    f"`{name}` should be a list of module names or a regex string but the value passed is {value!r}."
+                )
+        if self.layers_to_transform is not None:
+            indices = (
+                [self.layers_to_transform] if isinstance(self.layers_to_transform, int) else self.layers_to_transform
+            )
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+                raise ValueError(
+                    "`layers_to_transform` should be a non-negative block index or a list of them but the value passed "
+                    f"is {self.layers_to_transform!r}."
+                )
         if self.share_slow_weights not in SHARE_SLOW_WEIGHTS:
             raise ValueError(
                 f"`share_slow_weights` should be one of {SHARE_SLOW_WEIGHTS} but the value passed is "
@@ -196,3 +223,7 @@ class KAdaptationConfig(PeftConfig):
             raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
         if self.layers_pattern and not self.layers_to_transform:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -9,6 +9,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import httpx
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
 
 # Offline aliases of `peft_kadapt.training` and the Hub model each one stands for (written as `base_model` when sharing)
 HUB_EQUIVALENTS = {"dinov2-small-imgfocus": "facebook/dinov2-small"}
@@ -16,6 +19,51 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 SHARED_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "metrics.json", "training_curve.png")
+
+
+class HubUnreachableError(ConnectionError):
+    """The Hugging Face Hub could not be reached (or refused the request): what was being done, why, what to set."""
+
+    def __init__(self, doing: str, error: BaseException):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        reason = f"HTTP {status}" if status else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        advice = (
+            "The token was refused or lacks rights: set HF_TOKEN (or run `hf auth login`) with write access."
+            if status in (401, 403)
+            else "The Hugging Face Hub was not reachable. Set HF_ENDPOINT to a reachable mirror, HF_HUB_OFFLINE=1 to "
+            "use only what is cached locally, and HF_TOKEN for private repositories."
+        )
+        super().__init__(f"Failed {doing} ({reason}). {advice}")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub repository id ("name" or "owner/name")."""
+    return bool(_HUB_ID.match(name))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): repair it or write it again.") from None
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike, weights: bool = False) -> dict:
+    """adapter_config.json of an adapter folder, with errors that name the file; `weights=True` also requires the
+    weights file (PEFT would otherwise try the Hub for it and fail with a network error)."""
+    adapter_dir = Path(adapter_dir)
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir} has no adapter_config.json: pass the directory that `save_pretrained` wrote."
+        )
+    config = _read_json(path)
+    if weights and not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir} has adapter_config.json but no adapter_model.safetensors: the adapter was not saved "
+            "completely. Save it again with `model.save_pretrained(dir)`."
+        )
+    return config
 
 
 def hub_id_for(name_or_path: str) -> str | None:
@@ -26,21 +74,63 @@ def hub_id_for(name_or_path: str) -> str | None:
     source = Path(name_or_path) / "kadapt_source.json"
     if source.exists():
         return json.loads(source.read_text())["hub_equivalent"]
-    if os.path.exists(name_or_path) or not _HUB_ID.match(name_or_path):
+    if os.path.exists(name_or_path) or not is_hub_id(name_or_path):
         return None  # a local path (existing or not) is never a Hub id
     return name_or_path
+
+
+METHOD_CARDS = {  # peft_type -> what a model card says about the method
+    "KADAPTATION": {
+        "name": "KAdaptation",
+        "tags": ("kadaptation", "kronecker-adaptation"),
+        "description": "[KAdaptation](https://arxiv.org/abs/2203.16329) adapter (Kronecker adaptation of the linear "
+        "layers of a vision transformer)",
+        "settings": ("n", "r", "alpha", "slow_rank", "kadapt_dropout", "share_slow_weights", "init_weights"),
+        "load_note": (
+            "KAdaptation is a PEFT method registered by the `peft_kadapt` package: import it first, or PEFT raises "
+            "`KeyError: 'KADAPTATION'`.",
+            "",
+        ),
+        "imports": ("import peft_kadapt  # registers the 'kadaptation' method with PEFT",),
+    },
+    "LORA": {
+        "name": "LoRA",
+        "tags": ("lora",),
+        "description": "[LoRA](https://arxiv.org/abs/2106.09685) adapter",
+        "settings": ("r", "lora_alpha", "lora_dropout", "bias"),
+        "load_note": (),
+        "imports": (),
+    },
+    "LOKR": {
+        "name": "LoKr",
+        "tags": ("lokr",),
+        "description": "[LoKr](https://arxiv.org/abs/2309.14859) adapter (Kronecker product, from LyCORIS)",
+        "settings": ("r", "alpha", "rank_dropout", "decompose_factor"),
+        "load_note": (),
+        "imports": (),
+    },
+    None: {
+        "name": "PEFT",
+        "tags": ("adapter",),
+        "description": "PEFT adapter",
+        "settings": ("r",),
+        "load_note": (),
+        "imports": (),
+    },
+}
 
 
 def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_id: str | None) -> str:
     front = ["---", "library_name: peft"]
     if base_model:
         front += [f"base_model: {base_model}", "base_model_relation: adapter"]
+    method = METHOD_CARDS.get(config.get("peft_type"), METHOD_CARDS[None])
     front += ["pipeline_tag: image-classification", "tags:"]
-    front += [f"- {t}" for t in ("peft", "kadaptation", "kronecker-adaptation", "image-classification", "vision")]
+    front += [f"- {t}" for t in ("peft", *method["tags"], "image-classification", "vision")]
     if metrics and metrics.get("dataset"):
         front += [
             "model-index:",
-            f"- name: {repo_id or 'kadaptation-adapter'}",
+            f"- name: {repo_id or method['tags'][0] + '-adapter'}",
             "  results:",
             "  - task:",
             "      type: image-classification",
@@ -52,22 +142,19 @@ def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_
             f"      value: {metrics['test_accuracy']:.4f}",
         ]
     front.append("---")
-    hyper = {k: config.get(k) for k in ("n", "r", "alpha", "kadapt_dropout", "share_slow_weights", "init_weights")}
+    hyper = {k: config.get(k) for k in method["settings"]}
     targets = config.get("target_modules")
     lines = [
-        f"# {repo_id or 'KAdaptation adapter'}",
+        f"# {repo_id or method['name'] + ' adapter'}",
         "",
-        "A [KAdaptation](https://arxiv.org/abs/2203.16329) adapter (Kronecker adaptation of the attention projections"
-        f" of a vision transformer) for `{base_model or config.get('base_model_name_or_path')}`, made with "
+        f"A {method['description']} for `{base_model or config.get('base_model_name_or_path')}`, made with "
         "[peft_kadapt](https://pypi.org/project/peft-kadapt/).",
         "",
         "## How to load",
         "",
-        "KAdaptation is a PEFT method registered by the `peft_kadapt` package: import it first, or PEFT raises "
-        "`KeyError: 'KADAPTATION'`.",
-        "",
+        *method["load_note"],
         "```python",
-        "import peft_kadapt  # registers the 'kadaptation' method with PEFT",
+        *method["imports"],
         "from peft import PeftModel",
         "from transformers import AutoModelForImageClassification",
         "",
@@ -122,9 +209,9 @@ def write_model_card(
 ) -> Path:
     """Write README.md (the model card) into an adapter directory."""
     adapter_dir = Path(adapter_dir)
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = read_adapter_config(adapter_dir)
     if metrics is None and (adapter_dir / "metrics.json").exists():
-        metrics = json.loads((adapter_dir / "metrics.json").read_text())
+        metrics = _read_json(adapter_dir / "metrics.json")
     if metrics is not None and "num_labels" not in metrics:
         metrics = {**metrics, "num_labels": _num_labels(adapter_dir)}
     base_model = base_model or hub_id_for(
@@ -164,14 +251,13 @@ def push_adapter(
     from huggingface_hub import HfApi
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: pass the directory save_pretrained wrote.")
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = read_adapter_config(adapter_dir, weights=True)
     if config.get("peft_type") != "KADAPTATION":
-        raise ValueError(f"{adapter_dir} holds a {config.get('peft_type')} adapter, not a KAdaptation one.")
-    metrics = (
-        json.loads((adapter_dir / "metrics.json").read_text()) if (adapter_dir / "metrics.json").exists() else None
-    )
+        raise ValueError(
+            f"{adapter_dir} holds a {config.get('peft_type')} adapter, not a KAdaptation one: share it with PEFT's own "
+            "`model.push_to_hub(repo_id)`."
+        )
+    metrics = _read_json(adapter_dir / "metrics.json") if (adapter_dir / "metrics.json").exists() else None
     source = (metrics or {}).get("model_name_or_path") or config.get("base_model_name_or_path") or ""
     base_model = base_model or hub_id_for(source)
     if not base_model:
@@ -190,6 +276,9 @@ def push_adapter(
         config["base_model_name_or_path"] = base_model  # never a local absolute path on the Hub
         (staging / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         write_model_card(staging, metrics=metrics, base_model=base_model, repo_id=repo_id)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, commit_message=commit_message)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, commit_message=commit_message)
+        except (httpx.TransportError, OfflineModeIsEnabled, HfHubHTTPError) as error:
+            raise HubUnreachableError(f"uploading {adapter_dir} to {repo_id!r}", error) from None
     return getattr(info, "commit_url", str(info))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -20,6 +21,7 @@ from .layer import KAdaptationLayer, Linear, check_n_divides, check_supported
 SLOW = "kadapt_A"  # full A_i, or left factors a_i with `slow_rank`
 SLOW_RIGHT = "kadapt_A_right"  # right factors c_i with `slow_rank`
 _SLOW_INFIXES = (f".{SLOW}.", f".{SLOW_RIGHT}.")
+ALLOW_NON_FINITE_ENV = "KADAPT_ALLOW_NONFINITE"  # "1": load adapter files that hold NaN or inf
 
 
 class KAdaptationModel(BaseTuner):
@@ -75,6 +77,14 @@ class KAdaptationModel(BaseTuner):
     def _prepare_adapter_config(self, peft_config: KAdaptationConfig, model_config: dict) -> KAdaptationConfig:
         if peft_config.target_modules is None:
             peft_config.target_modules = set(default_target_modules(model_config.get("model_type")))
+        blocks = model_config.get("num_hidden_layers")
+        layers = peft_config.layers_to_transform
+        layers = [layers] if isinstance(layers, int) else layers
+        if layers is not None and isinstance(blocks, int) and max(layers) >= blocks:
+            raise ValueError(
+                f"`layers_to_transform`={peft_config.layers_to_transform!r} names blocks this model does not have: it "
+                f"has {blocks} (indices 0 to {blocks - 1})."
+            )
         return peft_config
 
     def _check_new_adapter_config(self, config: KAdaptationConfig) -> None:
@@ -180,5 +190,13 @@ class KAdaptationModel(BaseTuner):
                 f"The KAdaptation checkpoint for adapter {adapter_name!r} does not fit this model ({len(wrong)} "
                 f"tensors differ in shape, first: {wrong[:3]}). Load it into the base model it was trained on, with "
                 "the same `n` and `r`."
+            )
+        broken = [k for k in expected if not torch.isfinite(remapped[k]).all()]
+        if broken and os.environ.get(ALLOW_NON_FINITE_ENV) != "1":
+            raise ValueError(
+                f"The KAdaptation checkpoint for adapter {adapter_name!r} holds NaN or infinite values in "
+                f"{len(broken)} tensors (first: {broken[:3]}); nothing was loaded. The training that wrote it diverged: "
+                f"retrain with a lower learning rate or alpha. To load it anyway (e.g. to inspect it), set "
+                f"{ALLOW_NON_FINITE_ENV}=1."
             )
         return remapped

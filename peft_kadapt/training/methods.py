@@ -10,6 +10,7 @@ A *variant* is a method with settings, written as the method name followed by `k
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
@@ -17,6 +18,7 @@ from peft import LoKrConfig, LoraConfig, PeftConfig, get_peft_model
 from torch import nn
 
 from ..config import KAdaptationConfig, default_target_modules
+from ..hub import HubUnreachableError, is_hub_id, read_adapter_config
 from .backbones import DINOV2_SMALL_ALIAS, resolve_model
 
 
@@ -89,6 +91,9 @@ def _kadaptation(args: ModelArguments, targets: list[str]) -> PeftConfig:
 
 
 def _saved_kadaptation_config(path: str) -> KAdaptationConfig:
+    peft_type = read_adapter_config(path).get("peft_type")
+    if peft_type != "KADAPTATION":
+        raise ValueError(f"--kadapt_config {path}: its adapter_config.json is a {peft_type} config, not KAdaptation.")
     config = KAdaptationConfig.from_pretrained(path)
     config.modules_to_save = [HEAD]
     config.inference_mode = False  # a config saved with a trained adapter is in inference mode: train it
@@ -147,13 +152,23 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[nn.Module, boo
 
     method = get_method(args.method)
     id2label = dict(enumerate(labels))
-    model = AutoModelForImageClassification.from_pretrained(
-        resolve_model(args.model_name_or_path),
-        num_labels=len(labels),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        ignore_mismatched_sizes=True,
-    )
+    path = resolve_model(args.model_name_or_path)
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            path,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            ignore_mismatched_sizes=True,
+        )
+    except OSError as error:
+        if os.path.exists(path):
+            raise
+        if not is_hub_id(path):
+            raise FileNotFoundError(
+                f"--model_name_or_path {path!r} is neither a local folder nor a Hub id of the form 'owner/name'."
+            ) from None
+        raise HubUnreachableError(f"loading the model {path!r}", error) from None
     if not hasattr(model, HEAD):
         raise ValueError(f"{type(model).__name__} has no `{HEAD}` head; only classifiers with one are supported.")
     if method.peft_config is None:

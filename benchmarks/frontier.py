@@ -1,0 +1,104 @@
+"""The accuracy-parameter frontier study: KAdaptation against LoRA and LoKr at equal adapter budgets.
+
+At each budget (adapter parameters, head excluded, up to 10 % over) every method's most expressive configuration that
+fits:
+LoRA on q/v and on all linear layers (largest rank that fits), LoKr on q/v and on all linear layers (largest rank),
+KAdaptation on q/v and on all linear layers (the top setting of `peft_kadapt.budget.propose_configs`), plus the linear
+probe, BitFit and full fine-tuning as references. Every variant's learning rate and adapter scale are chosen on
+validation (`--alphas` × `--adapter_lrs`); test accuracy is measured once per choice.
+
+The runs go through `kadapt bench` and append one record per (split, variant) to `--records` (committed under
+benchmarks/results/), so the study stops and resumes anywhere; `--list` prints the variants and their parameters.
+
+    python benchmarks/frontier.py --list
+    python benchmarks/frontier.py --datasets mnist5k --shots 5,20 --seeds 0,1,2,3,4 \\
+        --records benchmarks/results/frontier.jsonl --output_dir outputs/frontier
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import transformers
+
+from peft_kadapt.budget import propose_configs
+from peft_kadapt.training import DINOV2_SMALL_ALIAS, HEAD, build_model, parse_variant
+from peft_kadapt.training.bench import cli as bench
+
+
+QV = ("q_proj", "v_proj")
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+RANKS = (1, 2, 4, 8, 16, 32, 64)
+REFERENCES = ("linear", "bitfit", "full")
+DEFAULT = "kadaptation n=8 r=1 targets=q_proj+v_proj"  # the package's default configuration, always included
+TOLERANCE = 1.1  # "about" a budget: up to 10 % over it
+
+
+def adapter_parameters(variant: str, model_name_or_path: str, labels: list[str]) -> int:
+    model, _ = build_model(parse_variant(variant, model_name_or_path=model_name_or_path), labels)
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." not in n)
+
+
+def budget_variants(budgets: list[int], model_name_or_path: str, labels: list[str]) -> dict[str, int]:
+    """variant -> adapter parameters, for every method family and budget (a family that cannot fit is left out)."""
+    out: dict[str, int] = {}
+    base, _ = build_model(parse_variant("linear", model_name_or_path=model_name_or_path), labels)
+    for targets in (QV, ALL_LINEAR):
+        joined = "+".join(targets)
+        for family in ("lora", "lokr"):
+            counts = {
+                r: adapter_parameters(f"{family} r={r} targets={joined}", model_name_or_path, labels) for r in RANKS
+            }
+            for budget in budgets:
+                fitting = [r for r, c in counts.items() if c <= TOLERANCE * budget]
+                if fitting:  # the most parameters that fit; the lower rank among equal counts (LoKr saturates)
+                    r = min(fitting, key=lambda r: (-counts[r], r))
+                    out[f"{family} r={r} targets={joined}"] = counts[r]
+        for budget in budgets:
+            try:
+                (setting, report), *_ = propose_configs(base, int(TOLERANCE * budget), list(targets), top=1)
+            except ValueError:  # below the smallest KAdaptation on these layers
+                continue
+            rank = f" slow_rank={setting['slow_rank']}" if setting["slow_rank"] else ""
+            out[f"kadaptation n={setting['n']} r={setting['r']}{rank} targets={joined}"] = report.total
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", default="20000,80000,150000")
+    p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
+    p.add_argument("--list", action="store_true", help="print the variants and their adapter parameters, and stop")
+    p.add_argument("--alphas", default="1,4,16")
+    p.add_argument("--adapter_lrs", default="1e-3,3e-3,1e-2")
+    args, bench_argv = p.parse_known_args(argv)
+    transformers.logging.set_verbosity_error()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    labels = [str(i) for i in range(10)]  # parameter counts do not depend on the data beyond the head
+    variants = budget_variants(budgets, args.model_name_or_path, labels)
+    variants.setdefault(DEFAULT, adapter_parameters(DEFAULT, args.model_name_or_path, labels))
+    if args.list:
+        print("| variant | adapter parameters |\n|---|---|")
+        for variant, count in sorted(variants.items(), key=lambda kv: kv[1]):
+            print(f"| {variant} | {count:,d} |")
+        return
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    bench.quiet()
+    bench.main(
+        [
+            "--model_name_or_path",
+            args.model_name_or_path,
+            "--methods",
+            ",".join([*variants, *REFERENCES]),
+            "--alphas",
+            args.alphas,
+            "--adapter_lrs",
+            args.adapter_lrs,
+            *bench_argv,
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
