@@ -1,0 +1,48 @@
+"""benchmarks/tables.py recomputes the published tables from records: checked on a small fixture of records."""
+
+import importlib.util
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from peft_kadapt.training.bench.protocol import RunRecord
+
+
+spec = importlib.util.spec_from_file_location("tables", Path(__file__).parents[1] / "benchmarks" / "tables.py")
+tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tables)
+
+
+def record(variant, seed, test, adapter, grid=()):
+    return RunRecord(dataset="d", shots=5, seed=seed, variant=variant, method=variant.split()[0],
+                     settings={"resolution": 56}, grid=list(grid), chosen_lr=1e-3, chosen_alpha=None,
+                     validation_accuracy=0.5, test_accuracy=test, test_images=100, trainable_parameters=adapter + 10,
+                     adapter_parameters=adapter, saved_bytes=4, train_seconds=1.0, wall_seconds=1.0)  # fmt: skip
+
+
+def test_frontier_and_map_from_records(tmp_path, capsys):
+    qv = "targets=q_proj+v_proj"
+    records = [record(f"lora r=1 {qv}", s, t, 18_432) for s, t in ((0, 0.50), (1, 0.60))]
+    records += [record(f"kadaptation n=8 r=1 {qv}", s, t, 19_456) for s, t in ((0, 0.55), (1, 0.63))]
+    records += [record("lora r=1 targets=q_proj+k_proj+v_proj+o_proj+fc1+fc2", 0, 0.7, 82_944)]
+    records += [record("linear", s, 0.4, 0) for s in (0, 1)]
+    grid = [{"learning_rate": lr, "alpha": a, "validation_accuracy": v, "validation_loss": 1.0}
+            for (a, lr, v) in ((1, 1e-3, 0.2), (1, 1e-2, 0.4), (4, 1e-3, 0.6), (4, 1e-2, 0.1))]  # fmt: skip
+    records += [record(f"lora r=8 {qv}", s, 0.8, 147_456, grid) for s in (0, 1)]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+
+    tables.main([str(path)])
+    out = capsys.readouterr().out
+    # KAdaptation against the ~20k class's LoRA, paired over two seeds: +0.05 and +0.03 -> +0.040 ± 12.706·0.01414/√2
+    row = next(line for line in out.splitlines() if line.startswith("| ~20k") and "kadaptation" in line)
+    assert "| 19,456 | 0.590 ± 0.508 | 2 | +0.040 ± 0.127 (lora r=1 targets=q_proj+v_proj) |" in row
+    assert "| ~80k | d | 56 | 5 | lora r=1 targets=q_proj+k_proj+v_proj+o_proj+fc1+fc2 | 82,944 |" in out
+    assert "| reference | d | 56 | 5 | linear | 0 | 0.400 ± 0.000 | 2 | - |" in out
+    assert "| ~150k | d | 56 | 5 | lora r=8 targets=q_proj+v_proj | 147,456 | 0.800 ± 0.000 | 2 | - |" in out
+
+    tables.main([str(path), "--map"])
+    out = capsys.readouterr().out
+    assert (
+        "| alpha \\ lr | 0.001 | 0.01 |" in out and "| 1 | 0.200 | 0.400 |" in out and "| 4 | 0.600 | 0.100 |" in out
+    )
