@@ -29,6 +29,7 @@ from .backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwa
 from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, evaluate, fit
 from .methods import HEAD
+from .outputs import write_atomically
 
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
 
 def write_outputs(out: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "intrinsic_dim.json").write_text(json.dumps(out, indent=2))
+    write_atomically(output_dir / "intrinsic_dim.json", json.dumps(out, indent=2))
     groups, dims, summary = list(out["groups"]), out["dims"], out["summary"]
     lines = [
         f"Validation accuracy (mean over sampling seeds {out['seeds']}); test accuracy in brackets, reported only.",
@@ -269,7 +270,7 @@ def write_outputs(out: dict, output_dir: Path) -> None:
         f"n={setting['n']}, r={setting['r']}, slow_rank={setting['slow_rank']}: {setting['parameters']:,d} adapter "
         "parameters.",
     ]
-    (output_dir / "intrinsic_dim.md").write_text("\n".join(lines) + "\n")
+    write_atomically(output_dir / "intrinsic_dim.md", "\n".join(lines) + "\n")
     config = KAdaptationConfig(
         n=setting["n"],
         r=setting["r"],

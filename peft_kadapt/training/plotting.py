@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -15,8 +16,12 @@ def pyplot():
 
 
 def save(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> None:
+    """Save as PNG under a temporary name, then rename: a reader never sees half a picture."""
+    path = Path(path)
     fig.tight_layout(rect=rect)
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
     pyplot().close(fig)
 
 

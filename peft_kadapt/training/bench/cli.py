@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import DINOV2_SMALL_ALIAS, pos_encoding_kwargs
 from ..methods import build_model, parse_variant
+from ..outputs import claim_output_dir, write_atomically
 from .profiling import speed_table
 from .protocol import (
     BenchSettings,
@@ -231,8 +232,8 @@ def run_bench(args) -> dict:
     speed = None
     if args.speed_rounds > 0:
         speed = measure_speed(args, list(variant_grids), cached_dataset(datasets[-1])["train"].features["label"].names)
-        (output_dir / "speed.json").write_text(json.dumps(speed, indent=2))
-    (output_dir / "results.md").write_text(results_markdown(records, speed, SPEED_REFERENCE))
+        write_atomically(output_dir / "speed.json", json.dumps(speed, indent=2))
+    write_atomically(output_dir / "results.md", results_markdown(records, speed, SPEED_REFERENCE))
     pareto_plot(records, output_dir / "pareto.png")
     return {"records": records, "speed": speed, "wall_time_s": round(time.perf_counter() - start, 1)}
 
@@ -255,6 +256,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     quiet()
     args = parse_args(argv)
-    out = run_bench(args)
+    with claim_output_dir(args.output_dir, resuming=True):  # one bench per folder at a time; earlier records resume
+        out = run_bench(args)
     print((Path(args.output_dir) / "results.md").read_text())
     return out
