@@ -38,6 +38,7 @@ from peft_kadapt.training import (
     few_shot,
     image_normalization,
     image_transform,
+    load_accuracy,
     load_image_dataset,
     pos_encoding_kwargs,
 )
@@ -84,15 +85,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator) -> dict:
+def evaluate(model, loader, accelerator, metric) -> dict:
+    """Accuracy over the whole split: every process's predictions gathered (padding dropped), then `evaluate`."""
     model.eval()
-    correct = total = 0
+    total = 0
     for batch in loader:
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         predictions, labels = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
-        correct += (predictions == labels).sum().item()
+        metric.add_batch(predictions=predictions, references=labels)
         total += labels.numel()
-    return {"accuracy": correct / total, "examples": total}
+    return {**metric.compute(), "examples": total}
 
 
 def main(argv=None) -> None:
@@ -151,6 +153,8 @@ def main(argv=None) -> None:
     )
     eval_loaders = dict(zip(eval_loaders, loaders))
 
+    metric = load_accuracy()  # evaluate's accuracy, from the Hub or the copy shipped with peft_kadapt
+
     # Train; after each epoch keep the weights with the best validation accuracy (never test).
     best, best_state, step = -1.0, None, 0
     progress = tqdm(range(max_steps), disable=not accelerator.is_local_main_process)
@@ -169,7 +173,7 @@ def main(argv=None) -> None:
                 progress.update(1)
                 if step >= max_steps:
                     break
-        validation = evaluate(model, eval_loaders["validation"], accelerator)
+        validation = evaluate(model, eval_loaders["validation"], accelerator, metric)
         logger.info(
             "step %d: validation accuracy %.4f (%d examples)", step, validation["accuracy"], validation["examples"]
         )
@@ -177,7 +181,7 @@ def main(argv=None) -> None:
             best = validation["accuracy"]
             best_state = {k: v.detach().clone() for k, v in accelerator.get_state_dict(model).items()}
     accelerator.unwrap_model(model).load_state_dict(best_state)
-    test = evaluate(model, eval_loaders["test"], accelerator)
+    test = evaluate(model, eval_loaders["test"], accelerator, metric)
 
     # Save: the adapter (or the model) from the main process, and the metrics.
     output_dir = Path(args.output_dir)

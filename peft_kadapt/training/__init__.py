@@ -18,6 +18,7 @@ from .backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwa
 from .data import OFFLINE_DATASETS, few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, Scores, evaluate, fit
 from .methods import HEAD, METHODS, Method, ModelArguments, build_model, get_method, parse_variant
+from .metrics import load_accuracy
 from .outputs import claim_output_dir, load_checkpoint_weights, staged, write_atomically
 from .plotting import plot_training_curve
 
@@ -33,6 +34,7 @@ __all__ = [
     "Scores",
     "build_model",
     "claim_output_dir",
+    "load_accuracy",
     "load_checkpoint_weights",
     "staged",
     "write_atomically",

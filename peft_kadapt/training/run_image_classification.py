@@ -38,6 +38,7 @@ from peft_kadapt.training import (
     few_shot,
     image_normalization,
     image_transform,
+    load_accuracy,
     load_checkpoint_weights,
     load_image_dataset,
     plot_training_curve,
@@ -116,12 +117,6 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, training_args
 
 
-def compute_metrics(eval_pred) -> dict:
-    # accuracy by hand: evaluate.load("accuracy") fetches its script from the Hub
-    logits, labels = eval_pred
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
-
-
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(
@@ -173,6 +168,12 @@ def train_and_test(model_args, data_args, training_args) -> dict:
     logger.info("%s: %s trainable of %s parameters", model_args.method, f"{trainable:,}", f"{total:,}")
 
     # Train, choosing the checkpoint on validation; then test once.
+    accuracy = load_accuracy()  # evaluate's accuracy, from the Hub or the copy shipped with peft_kadapt
+
+    def compute_metrics(eval_pred) -> dict:
+        logits, labels = eval_pred
+        return accuracy.compute(predictions=np.argmax(logits, axis=-1), references=labels)
+
     trainer = Trainer(
         model=model,
         args=training_args,
