@@ -180,7 +180,13 @@ class KAdaptationLayer(BaseTunerLayer):
           or `forward_mode`);
         - folded: ΔW added to the base weight and one matmul done (plain `nn.Linear` base, no dropout on the branch);
         - materialised: ΔW built and applied as a separate matmul (dropout active, or a base that cannot be folded).
+
+        `adapter_names` (one name per sample, "__base__" for none; injected by `model(..., adapter_names=[...])`) gives
+        each sample its own adapter: every branch then runs on its sub-batch, never folded.
         """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
@@ -209,16 +215,38 @@ class KAdaptationLayer(BaseTunerLayer):
             result = F.linear(self._cast_input_dtype(x, weight.dtype), weight, base.bias)
         else:
             result = self.base_layer(x, *args, **kwargs)
-        result_dtype = result.dtype
         for name, how in branches:
-            u = self.kadapt_u[name]
-            x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, u.dtype))
-            if how == "factored":
-                (A, A_right), v = self.slow_factors(name), self.kadapt_v[name]
-                result = result + kron_forward(x_in, A, u, v, self.scaling[name], A_right).to(result_dtype)
-            else:
-                delta = self.get_delta_weight(name)
-                result = result + F.linear(x_in.to(delta.dtype), delta).to(result_dtype)
+            result = result + self._branch(name, x, how == "factored").to(result.dtype)
+        return result
+
+    def _branch(self, name: str, x: torch.Tensor, factored: bool) -> torch.Tensor:
+        """One adapter's contribution x ΔWᵀ (after its dropout), factored or through the materialised ΔW."""
+        u = self.kadapt_u[name]
+        x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, u.dtype))
+        if factored:
+            (A, A_right), v = self.slow_factors(name), self.kadapt_v[name]
+            return kron_forward(x_in, A, u, v, self.scaling[name], A_right)
+        delta = self.get_delta_weight(name)
+        return F.linear(x_in.to(delta.dtype), delta)
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any):
+        if len(x) != len(adapter_names):
+            raise ValueError(
+                "Length of `adapter_names` should be the same as the number of inputs, but got "
+                f"{len(adapter_names)} and {len(x)} respectively."
+            )
+        if self.merged:
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
+            )
+        result = self.base_layer(x, *args, **kwargs)
+        for name in dict.fromkeys(adapter_names):  # each adapter once, on the samples that asked for it
+            if name == "__base__" or name not in self.kadapt_u:
+                continue
+            rows = [i for i, n in enumerate(adapter_names) if n == name]
+            sub = x[rows]
+            factored = self._use_factored(name, sub.numel() // self.in_features)
+            result[rows] += self._branch(name, sub, factored).to(result.dtype)
         return result
 
 

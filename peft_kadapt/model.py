@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from ._registration import PREFIX
@@ -137,6 +140,36 @@ class KAdaptationModel(BaseTuner):
             container[adapter_name][slow_key] = nn.Parameter(A)
         return self._slow_container(SLOW)
 
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """`model(..., adapter_names=[...])`: one adapter per sample ("__base__" for the bare model), as with LoRA.
+        Injects the names into every KAdaptation layer and every `modules_to_save` wrapper (each adapter's head)."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
+            raise TypeError(
+                f"`adapter_names` should be a list of adapter names, one per input, got {adapter_names!r}."
+            )
+        known = {name for m in self.modules() if isinstance(m, KAdaptationLayer) for name in m.kadapt_u}
+        unknown = {n for n in adapter_names if n != "__base__"} - known
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
+        hook = partial(_inject_adapter_names, adapter_names=list(adapter_names))
+        handles = [
+            m.register_forward_pre_hook(hook, with_kwargs=True)
+            for m in self.modules()
+            if isinstance(m, (KAdaptationLayer, AuxiliaryTrainingWrapper))
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         for name in (SLOW, SLOW_RIGHT):
@@ -200,3 +233,8 @@ class KAdaptationModel(BaseTuner):
                 f"{ALLOW_NON_FINITE_ENV}=1."
             )
         return remapped
+
+
+def _inject_adapter_names(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
