@@ -23,10 +23,11 @@ class ParameterReport:
     lora_rank: int
     lora: int  # LoRA at `lora_rank` on the same layers: Σ lora_rank·(k + d)
     max_rank: int  # the largest rank ΔW can reach on the adapted layers
+    bias: int = 0  # biases that train with `bias="all"` or `"kadapt_only"`
 
     @property
     def total(self) -> int:
-        return self.fast + self.slow
+        return self.fast + self.slow + self.bias
 
     def to_markdown(self) -> str:
         lines = ["| target | layers | fast weights |", "|---|---|---|"]
@@ -35,7 +36,9 @@ class ParameterReport:
         lines += [f"| {g} | {p:,d} |" for g, p in self.per_group.items()]
         lines += [
             "",
-            f"KAdaptation total: {self.total:,d} (fast {self.fast:,d} + slow {self.slow:,d}); "
+            f"KAdaptation total: {self.total:,d} (fast {self.fast:,d} + slow {self.slow:,d}"
+            + (f" + bias {self.bias:,d}" if self.bias else "")
+            + "); "
             f"max rank of ΔW {self.max_rank}; LoRA r={self.lora_rank} on the same layers: {self.lora:,d}",
         ]
         return "\n".join(lines)
@@ -76,7 +79,21 @@ def parameter_report(model: nn.Module, config: KAdaptationConfig, lora_rank: int
         groups.add({"global": "global", "per_target": target}.get(config.share_slow_weights, name))
     slow_each = n**3 if rho is None else 2 * n * n * rho
     per_group = {g: slow_each for g in sorted(groups)}
-    return ParameterReport(per_target, per_group, fast, slow_each * len(groups), lora_rank, lora, max_rank)
+    bias = _trained_biases(model, config, [m for _, m in _targets(model, config)])
+    return ParameterReport(per_target, per_group, fast, slow_each * len(groups), lora_rank, lora, max_rank, bias)
+
+
+def _trained_biases(model: nn.Module, config: KAdaptationConfig, targets: list[nn.Module]) -> int:
+    if config.bias == "kadapt_only":
+        return sum(m.bias.numel() for m in targets if m.bias is not None)
+    if config.bias == "all":
+        saved = tuple(config.modules_to_save or ())
+        return sum(
+            p.numel()
+            for n, p in model.named_parameters()
+            if n.endswith(".bias") and not any(f"{s}." in f".{n}" for s in saved)
+        )
+    return 0
 
 
 def propose_configs(

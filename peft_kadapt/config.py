@@ -14,6 +14,7 @@ from ._registration import ensure_peft_type
 
 SHARE_SLOW_WEIGHTS = ("per_target", "global", "none")
 FORWARD_MODES = ("auto", "factored", "materialized")
+BIAS_OPTIONS = ("none", "all", "kadapt_only")
 
 # Query and value projections of the vision transformers users adapt, under transformers 4.x and 5.x names.
 _QV = ["query", "value", "q_proj", "v_proj"]
@@ -115,6 +116,11 @@ class KAdaptationConfig(PeftConfig):
             `"materialized"` builds ΔW once per forward and folds it into the base matmul; `"auto"` (default) picks
             the cheaper one per layer and call with a cost model measured by `benchmarks/speed.py`. All give the same
             result up to rounding.
+        bias (`str`):
+            Which biases train beside the adapter, as LoRA's `bias`: `"none"` (default), `"all"` (every bias of the
+            model), or `"kadapt_only"` (the biases of the adapted layers; the official code trains such a bias next to
+            the Kronecker term). Trained biases are saved with the adapter. They are the base model's own biases, so
+            disabling or unmerging the adapter does not restore the original ones.
     """
 
     n: int = field(default=8, metadata={"help": "Number of Kronecker terms; must divide in/out features."})
@@ -153,6 +159,10 @@ class KAdaptationConfig(PeftConfig):
     )
     forward_mode: Literal["auto", "factored", "materialized"] = field(
         default="auto", metadata={"help": "'auto', 'factored' or 'materialized' adapter branch."}
+    )
+    bias: Literal["none", "all", "kadapt_only"] = field(
+        default="none",
+        metadata={"help": "Biases that train: 'none', 'all', or 'kadapt_only' (of the adapted layers)."},
     )
 
     def __post_init__(self):
@@ -208,6 +218,8 @@ class KAdaptationConfig(PeftConfig):
                     "`layers_to_transform` should be a non-negative block index or a list of them but the value passed "
                     f"is {self.layers_to_transform!r}."
                 )
+        if self.bias not in BIAS_OPTIONS:
+            raise ValueError(f"`bias` should be one of {BIAS_OPTIONS} but the value passed is {self.bias!r}.")
         if self.share_slow_weights not in SHARE_SLOW_WEIGHTS:
             raise ValueError(
                 f"`share_slow_weights` should be one of {SHARE_SLOW_WEIGHTS} but the value passed is "
