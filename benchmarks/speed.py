@@ -35,14 +35,15 @@ from peft_kadapt.training import HEAD
 from peft_kadapt.training.bench.profiling import speed_table
 
 
-def vit_s(num_labels: int = 10) -> ViTForImageClassification:
+def vit_s(num_labels: int = 10, image_size: int = 224) -> ViTForImageClassification:
+    """A randomly initialised ViT-S-shaped classifier (seed 0)."""
     torch.manual_seed(0)
     config = ViTConfig(
         hidden_size=384,
         num_hidden_layers=12,
         num_attention_heads=6,
         intermediate_size=1536,
-        image_size=224,
+        image_size=image_size,
         patch_size=16,
         num_labels=num_labels,
     )

@@ -17,6 +17,7 @@ reach the same weights and accuracy).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -95,10 +96,12 @@ def fit(
     labels: torch.Tensor,
     recipe: Recipe,
     forward_kwargs: dict | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> float:
     """Train the parameters of `model` that require grad for `recipe.max_steps` steps; returns the seconds it took.
 
     `model(pixel_values=..., **forward_kwargs)` must return an object with `.logits`; the loss is cross-entropy.
+    `on_step(step, loss)` is called after every optimiser step (e.g. to log or inspect the model).
     """
     optimizer, schedule = optimizer_and_schedule(model, recipe)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -118,6 +121,8 @@ def fit(
             schedule.step()
             optimizer.zero_grad()
             step += 1
+            if on_step is not None:
+                on_step(step, loss.item())
             if step == recipe.max_steps:
                 break
         epoch += 1
