@@ -1,8 +1,8 @@
 """What collapses when KAdaptation's alpha × learning rate is too large: per-step loss and factor sizes.
 
 Trains KAdaptation on one few-shot split with the bench's recipe (the training engine) for each (alpha, lr) given, and
-logs every `--every` steps: training loss, the mean over adapted layers of ‖ΔW‖ / ‖W‖, and the size of each factor
-relative to its initial size (u, A; v starts at 0, so its absolute RMS), plus the head's weight norm.
+logs every `--every` steps: training loss, the mean and largest over adapted layers of ‖ΔW‖ / ‖W‖, how far u and A
+moved from their initial values relative to their initial size, v's RMS (it starts at 0), and the head's weight norm.
 
     python benchmarks/collapse.py --settings 4:3e-3,16:3e-3,16:1e-3 --dataset mnist5k --shots 20
 """
@@ -29,21 +29,32 @@ from peft_kadapt.training import (
 )
 
 
-def factor_sizes(model) -> dict[str, float]:
+def factors(model) -> dict[str, torch.Tensor]:
+    layers = [m for m in model.modules() if isinstance(m, KAdaptationLayer)]
+    return {
+        "u": torch.cat([m.kadapt_u["default"].detach().flatten() for m in layers]),
+        "v": torch.cat([m.kadapt_v["default"].detach().flatten() for m in layers]),
+        "A": torch.cat([p.detach().flatten() for p in layers[0].kadapt_A["default"].values()]),
+    }
+
+
+def factor_sizes(model, initial: dict[str, torch.Tensor]) -> dict[str, float]:
     layers = [m for m in model.modules() if isinstance(m, KAdaptationLayer)]
     ratio = [
         (m.get_delta_weight("default").norm() / m.get_base_layer().weight.norm()).item() for m in layers
     ]  # ‖ΔW‖ / ‖W‖
-    u = torch.cat([m.kadapt_u["default"].flatten() for m in layers])
-    v = torch.cat([m.kadapt_v["default"].flatten() for m in layers])
-    A = torch.cat([p.flatten() for p in layers[0].kadapt_A["default"].values()])
+    now = factors(model)
     head = model.base_model.model.classifier.modules_to_save["default"].weight
+
+    def moved(name):  # how far a factor moved from its initial value, relative to that value's size
+        return ((now[name] - initial[name]).norm() / initial[name].norm()).item()
+
     return {
         "dW/W": sum(ratio) / len(ratio),
         "max dW/W": max(ratio),
-        "rms u": u.pow(2).mean().sqrt().item(),
-        "rms v": v.pow(2).mean().sqrt().item(),
-        "rms A": A.pow(2).mean().sqrt().item(),
+        "u moved": moved("u"),
+        "A moved": moved("A"),
+        "rms v": now["v"].pow(2).mean().sqrt().item(),
         "|head|": head.norm().item(),
     }
 
@@ -71,14 +82,16 @@ def main(argv=None) -> None:
         model, _ = build_model(ModelArguments(kadapt_n=args.n, kadapt_alpha=alpha), labels)
         extra = pos_encoding_kwargs(model, args.resolution)
         print(f"\nalpha {alpha:g}, lr {lr:g}, n {args.n}: mean training loss of the last steps, factor sizes")
-        print("| step | loss | mean ‖ΔW‖/‖W‖ | max ‖ΔW‖/‖W‖ | rms u | rms v | rms A | ‖head‖ |")
+        print("| step | loss | mean ‖ΔW‖/‖W‖ | max ‖ΔW‖/‖W‖ | ‖u−u₀‖/‖u₀‖ | ‖A−A₀‖/‖A₀‖ | rms v | ‖head‖ |")
         print("|---|---|---|---|---|---|---|---|")
 
-        def log(step, loss, model=model):
-            s = factor_sizes(model)
+        initial = factors(model)
+
+        def log(step, loss, model=model, initial=initial):
+            s = factor_sizes(model, initial)
             print(
-                f"| {step} | {loss:.3f} | {s['dW/W']:.4f} | {s['max dW/W']:.4f} | {s['rms u']:.4f} | "
-                f"{s['rms v']:.4f} | {s['rms A']:.3f} | {s['|head|']:.2f} |"
+                f"| {step} | {loss:.3f} | {s['dW/W']:.4f} | {s['max dW/W']:.4f} | {s['u moved']:.4f} | "
+                f"{s['A moved']:.4f} | {s['rms v']:.4f} | {s['|head|']:.2f} |"
             )
 
         log(0, float("nan"))
