@@ -111,6 +111,13 @@ class KAdaptationConfig(PeftConfig):
             `None` (default): each A_i is a full n × n matrix, n³ parameters per sharing group. An integer ρ in [1, n]:
             each A_i = a_i c_iᵀ with a_i, c_i of shape n × ρ, 2·n²·ρ parameters per group (the official code uses
             ρ = 1). Lowers the rank bound of ΔW from n²·r to n·ρ·r.
+        slow_lr_ratio (`float`):
+            How much faster the shared slow weights A learn than the fast ones under Adam-type optimisers, as a
+            reparametrisation: A = slow_lr_ratio · Â with Â the stored tensor, initialised so that A keeps its
+            distribution. With Adam each stored entry moves by about the learning rate per step, so A moves
+            `slow_lr_ratio` times as far (√slow_lr_ratio per factor with `slow_rank`). Defaults to 1.0 (no change). At
+            the default scale A (unit-size entries) moves by about 1 % of its size in 50 steps at lr 3e-3
+            (docs/benchmarks.md), so the slow weights barely train unless this is raised.
         forward_mode (`str`):
             How the adapter branch is computed. `"factored"` uses the Kronecker identity and never builds ΔW;
             `"materialized"` builds ΔW once per forward and folds it into the base matmul; `"auto"` (default) picks
@@ -157,6 +164,9 @@ class KAdaptationConfig(PeftConfig):
         default=None,
         metadata={"help": "None: full n×n slow matrices; an integer ρ in [1, n]: A_i = a_i c_iᵀ, rank ρ."},
     )
+    slow_lr_ratio: float = field(
+        default=1.0, metadata={"help": "Effective learning-rate multiplier of the slow weights A (Adam), by reparam."}
+    )
     forward_mode: Literal["auto", "factored", "materialized"] = field(
         default="auto", metadata={"help": "'auto', 'factored' or 'materialized' adapter branch."}
     )
@@ -198,6 +208,10 @@ class KAdaptationConfig(PeftConfig):
             raise ValueError(
                 f"`alpha` should be a finite, non-zero number (the update's scale) but the value passed is "
                 f"{self.alpha!r}."
+            )
+        if not _is_number(self.slow_lr_ratio) or not math.isfinite(self.slow_lr_ratio) or self.slow_lr_ratio <= 0:
+            raise ValueError(
+                f"`slow_lr_ratio` should be a finite positive number but the value passed is {self.slow_lr_ratio!r}."
             )
         if not _is_number(self.kadapt_dropout) or not 0.0 <= self.kadapt_dropout < 1.0:
             raise ValueError(f"`kadapt_dropout` should be in [0, 1) but the value passed is {self.kadapt_dropout!r}.")

@@ -80,7 +80,8 @@ class KAdaptationLayer(BaseTunerLayer):
         n, r = config.n, config.r
         check_n_divides(n, self.in_features, self.out_features, module_name or type(self).__name__)
         self.n[adapter_name], self.r[adapter_name] = n, r
-        self.scaling[adapter_name] = config.alpha / math.sqrt(n * r)
+        # A = slow_lr_ratio · Â (see KAdaptationConfig.slow_lr_ratio): the ratio enters the scaling, Â is stored
+        self.scaling[adapter_name] = config.alpha / math.sqrt(n * r) * config.slow_lr_ratio
         self.slow_key[adapter_name] = slow_key
         self.forward_mode[adapter_name] = config.forward_mode
         dropout = nn.Dropout(p=config.kadapt_dropout) if config.kadapt_dropout > 0 else nn.Identity()

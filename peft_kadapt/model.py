@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -135,8 +136,10 @@ class KAdaptationModel(BaseTuner):
                 continue
             A = torch.empty(n, n, n if rho is None else rho, device=device)
             if not A.is_meta:
-                # entries of a_i c_iᵀ keep unit variance: each factor has std ρ^(-1/4)
-                nn.init.normal_(A, std=1.0 if rho is None else rho**-0.25)
+                # entries of A_i (of a_i c_iᵀ: each factor std ρ^(-1/4)) have unit variance once multiplied by
+                # slow_lr_ratio, which the layers fold into their scaling
+                ratio = config.slow_lr_ratio if rho is None else math.sqrt(config.slow_lr_ratio)
+                nn.init.normal_(A, std=(1.0 if rho is None else rho**-0.25) / ratio)
             container[adapter_name][slow_key] = nn.Parameter(A)
         return self._slow_container(SLOW)
 

@@ -50,6 +50,10 @@ class ModelArguments:
         default=KAdaptationConfig.slow_rank,
         metadata={"help": "KAdaptation: rank of each slow matrix A_i (unset: full n x n)."},
     )
+    kadapt_slow_lr_ratio: float = field(
+        default=KAdaptationConfig.slow_lr_ratio,
+        metadata={"help": "KAdaptation: effective learning-rate multiplier of the slow weights A (with Adam)."},
+    )
     share_slow_weights: str = field(
         default=KAdaptationConfig.share_slow_weights, metadata={"help": "KAdaptation: per_target, global or none."}
     )
@@ -84,6 +88,7 @@ def _kadaptation(args: ModelArguments, targets: list[str]) -> PeftConfig:
         r=args.kadapt_r,
         alpha=args.kadapt_alpha,
         slow_rank=args.kadapt_slow_rank,
+        slow_lr_ratio=args.kadapt_slow_lr_ratio,
         share_slow_weights=args.share_slow_weights,
         target_modules=targets,
         modules_to_save=[HEAD],
@@ -186,6 +191,7 @@ VARIANT_KEYS = {
         "r": "kadapt_r",
         "alpha": "kadapt_alpha",
         "slow_rank": "kadapt_slow_rank",
+        "slow_lr": "kadapt_slow_lr_ratio",
         "share": "share_slow_weights",
         "targets": "target_modules",
     },
