@@ -12,7 +12,8 @@ patch 16, 224 px, 10 labels); q_proj and v_proj adapted, classifier trained. Bat
 `--sweep` times one adapted 384 x 384 layer (8 x 197 tokens) with the factored and the materialised forward for several
 n and r, and prints which one the cost model in peft_kadapt.functional.prefer_factored picks.
 
-Usage: python benchmarks/speed.py [--steps 10] [--batch 8] [--device cpu|cuda] [--dtype float32|bfloat16] [--sweep]
+Usage: python benchmarks/speed.py [--steps 10] [--batch 8] [--device cpu|cuda] [--dtype float32|bfloat16] [--image_size 224]
+       [--sweep]
 """
 
 from __future__ import annotations
@@ -72,9 +73,12 @@ def sync(device):
 
 def bench_training(args, device, dtype) -> list[tuple]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, 224, 224, generator=g).to(device, dtype)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(device, dtype)
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
-    models = {name: get_peft_model(vit_s().to(device, dtype), config) for name, config in methods().items()}
+    models = {
+        name: get_peft_model(vit_s(image_size=args.image_size).to(device, dtype), config)
+        for name, config in methods().items()
+    }
     table = speed_table(models, x, y, args.steps, reference="LoRA r=8")
     rows = []
     for name, model in models.items():
@@ -85,8 +89,9 @@ def bench_training(args, device, dtype) -> list[tuple]:
 
 @torch.no_grad()
 def bench_inference(args, device, dtype) -> list[tuple]:
-    x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    base = vit_s().to(device, dtype).eval()
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(1))
+    x = x.to(device, dtype)
+    base = vit_s(image_size=args.image_size).to(device, dtype).eval()
     unmerged = get_peft_model(copy.deepcopy(base), peft_kadapt.KAdaptationConfig(init_weights=False)).eval()
     merged = copy.deepcopy(unmerged).merge_and_unload().eval()
     models = {"base model": base, "KAdaptation unmerged": unmerged, "KAdaptation merged": merged}
@@ -105,18 +110,19 @@ def bench_inference(args, device, dtype) -> list[tuple]:
     return [(name, statistics.median(t)) for name, t in times.items()], diff
 
 
-def bench_sweep(args) -> None:
-    tokens, k, d = args.batch * 197, 384, 384
-    x = torch.randn(tokens, d, requires_grad=True)
-    weight = torch.randn(k, d) / d**0.5
+def bench_sweep(args, device, dtype) -> None:
+    tokens, k, d = args.batch * ((args.image_size // 16) ** 2 + 1), 384, 384
+    x = torch.randn(tokens, d, device=device, dtype=dtype, requires_grad=True)
+    weight = torch.randn(k, d, device=device, dtype=dtype) / d**0.5
     print(f"\none adapted {k}x{d} layer, {tokens} tokens, forward + backward, median of {args.steps} (ms)")
     print("| n | r | factored | materialised | factored / materialised | cost model picks |")
     print("|---|---|---|---|---|---|")
     for n in (4, 8, 16, 32):
         for r in (1, 4):
-            A = torch.randn(n, n, n, requires_grad=True)
-            u = torch.randn(k // n, n, r, requires_grad=True)
-            v = torch.randn(d // n, n, r, requires_grad=True)
+            A, u, v = (
+                torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
+                for shape in ((n, n, n), (k // n, n, r), (d // n, n, r))
+            )
             fns = {
                 "factored": lambda A=A, u=u, v=v: F.linear(x, weight) + kron_forward(x, A, u, v, 1.0),
                 "materialised": lambda A=A, u=u, v=v: F.linear(x, weight + kron_delta_weight(A, u, v, 1.0)),
@@ -124,8 +130,10 @@ def bench_sweep(args) -> None:
             times = {name: [] for name in fns}
             for i in range(args.steps + 2):
                 for name, fn in fns.items():
+                    sync(device)
                     start = time.perf_counter()
-                    fn().square().mean().backward()
+                    fn().float().square().mean().backward()
+                    sync(device)
                     if i >= 2:
                         times[name].append(time.perf_counter() - start)
             f, m = (statistics.median(times[name]) * 1e3 for name in fns)
@@ -139,6 +147,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--image_size", type=int, default=224, help="input size (the tiny profile of gpu_check.sh)")
     parser.add_argument("--sweep", action="store_true", help="time factored vs materialised forward per n and r")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
@@ -150,7 +159,7 @@ def main() -> None:
     )
     print(f"torch {torch.__version__}, {where}, {args.dtype}, batch {args.batch}, {args.steps} alternating rounds")
     if args.sweep:
-        bench_sweep(args)
+        bench_sweep(args, device, dtype)
         return
     rows = bench_training(args, device, dtype)
     lora = next(r for r in rows if r[0].startswith("LoRA"))

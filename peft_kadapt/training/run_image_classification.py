@@ -182,10 +182,9 @@ def train_and_test(model_args, data_args, training_args) -> dict:
         data_collator=collate,
         compute_metrics=compute_metrics,
     )
+    # Models without adapter: the Trainer's own reload misses the names transformers 5 renames, so load them here.
     if training_args.resume_from_checkpoint and not is_peft:
-        load_checkpoint_weights(
-            model, training_args.resume_from_checkpoint
-        )  # the Trainer's reload misses renamed keys
+        load_checkpoint_weights(model, training_args.resume_from_checkpoint)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     best = trainer.state.best_model_checkpoint
     if training_args.load_best_model_at_end and best and not is_peft:
