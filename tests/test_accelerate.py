@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import ViTForImageClassification
@@ -16,42 +17,26 @@ from conftest import tiny_vit_config
 SCRIPT = Path(__file__).parents[1] / "examples" / "image_classification" / "run_image_classification_no_trainer.py"
 
 
-def test_two_processes_agree_and_evaluate_each_example_once(tmp_path):
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"],
+    # accelerate launch sends --cpu runs to its one-process launcher; --multi_gpu takes the torchrun-based one, and
+    # the script's --cpu then gives two CPU processes over gloo
+    "accelerate launch": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--main_process_port", "29534"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_processes_agree_and_evaluate_each_example_once(tmp_path, launcher):
     torch.manual_seed(0)
     ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        str(SCRIPT),
-        "--cpu",
-        "--model_name_or_path",
-        str(tmp_path / "backbone"),
-        "--dataset_name",
-        "digits",
-        "--shots",
-        "10",
-        "--test_per_class",
-        "11",
-        "--resolution",
-        "32",
-        "--num_train_epochs",
-        "2",
-        "--kadapt_n",
-        "4",
-        "--per_device_train_batch_size",
-        "4",
-        "--per_device_eval_batch_size",
-        "8",
-        "--output_dir",
-        str(out),
-        "--save_every_rank",
-    ]
+    args = (
+        "--cpu --dataset_name digits --shots 10 --test_per_class 11 --resolution 32 --num_train_epochs 2 --kadapt_n 4"
+    )
+    args += " --per_device_train_batch_size 4 --per_device_eval_batch_size 8 --save_every_rank"
+    cmd = [*LAUNCHERS[launcher], str(SCRIPT), *args.split(), "--model_name_or_path", str(tmp_path / "backbone"),
+           "--output_dir", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
