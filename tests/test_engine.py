@@ -67,63 +67,22 @@ def test_engine_and_trainer_reach_the_same_weights(recipe):
     assert moved >= 10  # every adapter factor and the head trained
 
 
+SPLIT = "--shots 5 --test_per_class 7 --resolution 32".split()
+
+
+def kadapt_train(backbone, out, steps: int):
+    """`kadapt train` on the digits split the bench uses, for `steps` steps at lr 3e-3, no selection."""
+    flags = f"--dataset_name digits --kadapt_n 4 --learning_rate 3e-3 --max_steps {steps} --val_pool 3"
+    flags += " --eval_strategy no --save_strategy no --load_best_model_at_end false --disable_tqdm true"
+    kadapt(["train", "--model_name_or_path", backbone, *flags.split(), *SPLIT, "--output_dir", str(out)])
+
+
 def test_bench_and_kadapt_train_agree_on_the_same_split(tiny_backbone, tmp_path):
-    split = ["--shots", "5", "--test_per_class", "7", "--resolution", "32"]
-    kadapt(
-        [
-            "bench",
-            "--model_name_or_path",
-            tiny_backbone,
-            "--datasets",
-            "digits",
-            "--seeds",
-            "0",
-            "--methods",
-            "kadaptation n=4",
-            "--grid",
-            "kadaptation n=4=3e-3",
-            "--steps",
-            "6",
-            "--val_per_class",
-            "3",
-            "--workers",
-            "1",
-            "--speed_rounds",
-            "0",
-            "--output_dir",
-            str(tmp_path / "bench"),
-            *split,
-        ]
-    )
+    bench = "--datasets digits --seeds 0 --steps 6 --val_per_class 3 --workers 1 --speed_rounds 0"
+    kadapt(["bench", "--model_name_or_path", tiny_backbone, *bench.split(), "--methods", "kadaptation n=4",
+            "--grid", "kadaptation n=4=3e-3", *SPLIT, "--output_dir", str(tmp_path / "bench")])  # fmt: skip
     (record,) = read_records(tmp_path / "bench" / "records.jsonl")
-    kadapt(
-        [
-            "train",
-            "--model_name_or_path",
-            tiny_backbone,
-            "--dataset_name",
-            "digits",
-            "--kadapt_n",
-            "4",
-            "--learning_rate",
-            "3e-3",
-            "--max_steps",
-            "6",
-            "--val_pool",
-            "3",
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--disable_tqdm",
-            "true",
-            "--output_dir",
-            str(tmp_path / "train"),
-            *split,
-        ]
-    )
+    kadapt_train(tiny_backbone, tmp_path / "train", steps=6)
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert metrics["test_accuracy"] == pytest.approx(record.test_accuracy, abs=1e-6)
     assert metrics["validation_accuracy"] == pytest.approx(record.validation_accuracy, abs=1e-6)
@@ -143,40 +102,7 @@ def test_evaluate_scores_in_eval_mode_without_gradient():
 
 def test_saved_adapter_of_kadapt_train_equals_the_engine_weights(tiny_backbone, tmp_path):
     """Same split, same recipe: the adapter file `kadapt train` writes holds the engine's weights."""
-
-    kadapt(
-        [
-            "train",
-            "--model_name_or_path",
-            tiny_backbone,
-            "--dataset_name",
-            "digits",
-            "--kadapt_n",
-            "4",
-            "--shots",
-            "5",
-            "--val_pool",
-            "3",
-            "--test_per_class",
-            "7",
-            "--resolution",
-            "32",
-            "--max_steps",
-            "5",
-            "--learning_rate",
-            "3e-3",
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--disable_tqdm",
-            "true",
-            "--output_dir",
-            str(tmp_path),
-        ]
-    )
+    kadapt_train(tiny_backbone, tmp_path, steps=5)
     source = load_image_dataset("digits")
     splits = few_shot(source, 5, seed=0, test_per_class=7, val_pool=3)
     x, y = to_tensors(splits["train"], image_transform(*image_normalization(tiny_backbone), 32))
