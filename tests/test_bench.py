@@ -222,3 +222,17 @@ def test_paired_differences_pair_by_split_and_pool_datasets():
     assert math.isnan(rows[("e", "k")]["interval"])  # one split: no interval
     mean, half = mean_interval([1.0, 3.0])
     assert mean == 2.0 and math.isclose(half, 12.706)  # t(1) · stdev √2 / √2
+
+
+def test_records_written_before_a_setting_existed_still_resume():
+    from dataclasses import asdict
+
+    from peft_kadapt.training.bench.protocol import BenchSettings, Candidate, pending, record_key
+
+    settings = BenchSettings(model_name_or_path="m")
+    old = {k: v for k, v in asdict(settings).items() if k != "warmup_steps"}  # as written before warm-up existed
+    grid = [Candidate(1e-3)]
+    done = {record_key("digits", 5, 0, "linear", old, [asdict(c) for c in grid])}
+    assert pending([("digits", 5, 0)], {"linear": grid}, settings, done) == []
+    changed = BenchSettings(model_name_or_path="m", warmup_steps=5)
+    assert pending([("digits", 5, 0)], {"linear": grid}, changed, done) == [(("digits", 5, 0), "linear")]

@@ -31,6 +31,7 @@ from .protocol import (
     append_records,
     cached_dataset,
     default_grid,
+    normalised,
     pending,
     read_records,
     run_job,
@@ -89,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="optimiser steps per training run, for every method")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--train_seed", type=int, default=0)
+    p.add_argument("--warmup_steps", type=int, default=0, help="linear learning-rate warm-up steps (then cosine)")
     p.add_argument(
         "--workers",
         type=int,
@@ -183,6 +185,7 @@ def run_bench(args) -> dict:
         steps=args.steps,
         batch_size=args.batch_size,
         train_seed=args.train_seed,
+        warmup_steps=args.warmup_steps,
     )
     variant_grids = grids(args)
     datasets = [d.strip() for d in args.datasets.split(",")]
@@ -227,7 +230,7 @@ def run_bench(args) -> dict:
         for r in read_records(records_path)
         if (r.dataset, str(r.shots), r.seed) in wanted
         and r.variant in variant_grids
-        and r.settings == asdict(settings)
+        and normalised(r.settings) == asdict(settings)
     ]
     speed = None
     if args.speed_rounds > 0:

@@ -43,6 +43,7 @@ class BenchSettings:
     steps: int = 50
     batch_size: int = 16
     train_seed: int = 0
+    warmup_steps: int = 0  # linear warm-up of the learning rate (added later: records without it had 0)
 
 
 @dataclass
@@ -87,7 +88,12 @@ class RunRecord:
 def record_key(dataset, shots, seed, variant, settings: dict, grid: list[dict]) -> tuple:
     """What makes two records the same run: split, variant, settings and grid points (not their scores)."""
     points = tuple((g["learning_rate"], g["alpha"]) for g in grid)
-    return dataset, str(shots), int(seed), variant, json.dumps(settings, sort_keys=True), points
+    return dataset, str(shots), int(seed), variant, json.dumps(normalised(settings), sort_keys=True), points
+
+
+def normalised(settings: dict) -> dict:
+    """Settings with every field, defaults filled in: records written before a field existed keep matching."""
+    return asdict(BenchSettings(**settings))
 
 
 def shots_label(k: int, settings: BenchSettings) -> int | str:
@@ -137,7 +143,13 @@ def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, 
     torch.manual_seed(settings.train_seed)
     model, is_peft = build_model(spec, labels)
     extra = pos_encoding_kwargs(model, settings.resolution)
-    recipe = Recipe(candidate.learning_rate, settings.steps, settings.batch_size, seed=settings.train_seed)
+    recipe = Recipe(
+        candidate.learning_rate,
+        settings.steps,
+        settings.batch_size,
+        warmup_steps=settings.warmup_steps,
+        seed=settings.train_seed,
+    )
     seconds = fit(model, x, y, recipe, extra)
     return model, is_peft, extra, seconds
 
