@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .config import KAdaptationConfig, default_target_modules
+from .layer import features
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ParameterReport:
         return "\n".join(lines)
 
 
-def _targets(model: nn.Module, config: KAdaptationConfig) -> list[tuple[str, nn.Linear]]:
+def _targets(model: nn.Module, config: KAdaptationConfig) -> list[tuple[str, nn.Module]]:
     config = copy.deepcopy(config)
     if config.target_modules is None:
         config.target_modules = set(
@@ -53,10 +55,12 @@ def _targets(model: nn.Module, config: KAdaptationConfig) -> list[tuple[str, nn.
     found = [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and check_target_module_exists(config, name)
+        if isinstance(m, (nn.Linear, Conv1D)) and check_target_module_exists(config, name)
     ]
     if not found:
-        raise ValueError(f"`target_modules`={config.target_modules!r} matches no nn.Linear of this model.")
+        raise ValueError(
+            f"`target_modules`={config.target_modules!r} matches no supported layer (nn.Linear, Conv1D) of this model."
+        )
     return found
 
 
@@ -69,7 +73,7 @@ def parameter_report(model: nn.Module, config: KAdaptationConfig, lora_rank: int
     max_rank = 0
     for name, module in _targets(model, config):
         target = name.rsplit(".", 1)[-1]
-        k, d = module.out_features, module.in_features
+        d, k = features(module)
         entry = per_target.setdefault(target, {"layers": 0, "fast": 0})
         entry["layers"] += 1
         entry["fast"] += r * (k + d)
@@ -111,7 +115,7 @@ def propose_configs(
     """
     base = KAdaptationConfig(n=1, target_modules=target_modules, share_slow_weights=share_slow_weights)
     layers = _targets(model, base)
-    common = math.gcd(*(math.gcd(m.in_features, m.out_features) for _, m in layers))
+    common = math.gcd(*(math.gcd(*features(m)) for _, m in layers))
     candidates = []
     for n in (m for m in range(1, common + 1) if common % m == 0):
         for r in range(1, max_r + 1):

@@ -41,6 +41,8 @@ TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING: dict[str, list[str]] 
         "siglip2_vision_model",
     )
 }
+# GPT-2-style models: the fused q/k/v projection (transformers' Conv1D), as PEFT's LoRA defaults to
+TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING["gpt2"] = ["c_attn"]
 
 
 def default_target_modules(model_type: str | None) -> list[str]:

@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .config import KAdaptationConfig
 from .functional import kron_delta_weight, kron_forward, prefer_factored, slow_matrices
 
 
-SUPPORTED_LAYER_TYPES = ("torch.nn.Linear",)
+SUPPORTED_LAYER_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
 U_INIT_STD = 0.1
 
 
@@ -34,8 +35,15 @@ def check_n_divides(n: int, in_features: int, out_features: int, module_name: st
         )
 
 
+def features(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a supported layer: transformers' Conv1D (GPT-2) stores its weight as (in, out)."""
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    return module.in_features, module.out_features
+
+
 def check_supported(module: nn.Module, module_name: str) -> None:
-    if not isinstance(module, nn.Linear):
+    if not isinstance(module, (nn.Linear, Conv1D)):
         raise TypeError(
             f"KAdaptation cannot adapt module {module_name!r} of type {type(module).__name__}. Supported types: "
             f"{', '.join(SUPPORTED_LAYER_TYPES)}. Remove it from `target_modules` or add it to `exclude_modules`."
@@ -65,7 +73,8 @@ class KAdaptationLayer(BaseTunerLayer):
         self.kwargs = kwargs
         base = self.get_base_layer()
         check_supported(base, type(base).__name__)
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.in_features, self.out_features = features(base)
+        self.fan_in_fan_out = isinstance(base, Conv1D)  # weight stored as (in, out), as LoRA names it
 
     def update_layer(
         self,
@@ -119,7 +128,8 @@ class KAdaptationLayer(BaseTunerLayer):
         return slow_matrices(*self.slow_factors(adapter_name))
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """ΔW of one adapter, shape (out_features, in_features), in the dtype of the base weight."""
+        """ΔW of one adapter in the base weight's layout and dtype: (out_features, in_features), or (in, out) for
+        transformers' Conv1D."""
         A, u, v = self.slow_weights(adapter_name), self.kadapt_u[adapter_name], self.kadapt_v[adapter_name]
         weight_dtype = self.get_base_layer().weight.dtype
         # CPU matmuls in half precision are slow and lossy: compute in fp32 there, as LoRA does
@@ -129,10 +139,10 @@ class KAdaptationLayer(BaseTunerLayer):
         delta = kron_delta_weight(
             A.to(compute_dtype), u.to(compute_dtype), v.to(compute_dtype), self.scaling[adapter_name]
         )
-        return delta.to(weight_dtype)
+        return (delta.T if self.fan_in_fan_out else delta).to(weight_dtype)
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
-        return True
+        return not self.fan_in_fan_out
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
@@ -228,7 +238,7 @@ class KAdaptationLayer(BaseTunerLayer):
             (A, A_right), v = self.slow_factors(name), self.kadapt_v[name]
             return kron_forward(x_in, A, u, v, self.scaling[name], A_right)
         delta = self.get_delta_weight(name)
-        return F.linear(x_in.to(delta.dtype), delta)
+        return F.linear(x_in.to(delta.dtype), delta.T if self.fan_in_fan_out else delta)
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any):
         if len(x) != len(adapter_names):

@@ -19,7 +19,7 @@ from .config import (
     KAdaptationConfig,
     default_target_modules,
 )
-from .layer import KAdaptationLayer, Linear, check_n_divides, check_supported
+from .layer import KAdaptationLayer, Linear, check_n_divides, check_supported, features
 
 
 SLOW = "kadapt_A"  # full A_i, or left factors a_i with `slow_rank`
@@ -105,7 +105,7 @@ class KAdaptationModel(BaseTuner):
             raise ValueError("Current Key shouldn't be `None`")
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         check_supported(base, current_key)
-        check_n_divides(kadapt_config.n, base.in_features, base.out_features, current_key)
+        check_n_divides(kadapt_config.n, *features(base), current_key)
 
         slow_key = self._slow_key(kadapt_config, target_name, current_key)
         container = self._create_slow_weights(kadapt_config, adapter_name, slow_key, base.weight.device)
