@@ -10,7 +10,7 @@ from ._registration import METHOD_NAME, PREFIX, ensure_peft_type, register_class
 ensure_peft_type()
 
 from .config import KAdaptationConfig
-from .layer import KAdaptationLayer, Linear
+from .layer import Conv2d, KAdaptationLayer, Linear
 from .model import KAdaptationModel
 
 
@@ -22,4 +22,13 @@ def register() -> None:
 register()
 
 __version__ = "0.1.0"
-__all__ = ["KAdaptationConfig", "KAdaptationLayer", "KAdaptationModel", "Linear", "METHOD_NAME", "PREFIX", "register"]
+__all__ = [
+    "Conv2d",
+    "KAdaptationConfig",
+    "KAdaptationLayer",
+    "KAdaptationModel",
+    "Linear",
+    "METHOD_NAME",
+    "PREFIX",
+    "register",
+]

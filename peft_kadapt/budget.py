@@ -55,11 +55,11 @@ def _targets(model: nn.Module, config: KAdaptationConfig) -> list[tuple[str, nn.
     found = [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, Conv1D)) and check_target_module_exists(config, name)
+        if isinstance(m, (nn.Linear, Conv1D, nn.Conv2d)) and check_target_module_exists(config, name)
     ]
     if not found:
         raise ValueError(
-            f"`target_modules`={config.target_modules!r} matches no supported layer (nn.Linear, Conv1D) of this model."
+            f"`target_modules`={config.target_modules!r} matches no supported layer (nn.Linear, Conv1D, nn.Conv2d) of this model."
         )
     return found
 

@@ -43,6 +43,8 @@ TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING: dict[str, list[str]] 
 }
 # GPT-2-style models: the fused q/k/v projection (transformers' Conv1D), as PEFT's LoRA defaults to
 TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING["gpt2"] = ["c_attn"]
+# ConvNeXt: the two pointwise convolutions of every block (implemented as nn.Linear in transformers)
+TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING["convnext"] = ["pwconv1", "pwconv2"]
 
 
 def default_target_modules(model_type: str | None) -> list[str]:

@@ -16,7 +16,7 @@ from .config import KAdaptationConfig
 from .functional import kron_delta_weight, kron_forward, prefer_factored, slow_matrices
 
 
-SUPPORTED_LAYER_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
+SUPPORTED_LAYER_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D", "torch.nn.Conv2d (groups=1)")
 U_INIT_STD = 0.1
 
 
@@ -39,11 +39,18 @@ def features(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a supported layer: transformers' Conv1D (GPT-2) stores its weight as (in, out)."""
     if isinstance(module, Conv1D):
         return module.weight.shape[0], module.weight.shape[1]
+    if isinstance(module, nn.Conv2d):  # the kernel as an (out, in·kh·kw) matrix
+        return module.weight[0].numel(), module.out_channels
     return module.in_features, module.out_features
 
 
 def check_supported(module: nn.Module, module_name: str) -> None:
-    if not isinstance(module, (nn.Linear, Conv1D)):
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise TypeError(
+            f"KAdaptation cannot adapt module {module_name!r}: a grouped or depthwise Conv2d (groups={module.groups}). "
+            "Only groups=1 convolutions are supported; leave it out with `exclude_modules`."
+        )
+    if not isinstance(module, (nn.Linear, Conv1D, nn.Conv2d)):
         raise TypeError(
             f"KAdaptation cannot adapt module {module_name!r} of type {type(module).__name__}. Supported types: "
             f"{', '.join(SUPPORTED_LAYER_TYPES)}. Remove it from `target_modules` or add it to `exclude_modules`."
@@ -139,7 +146,7 @@ class KAdaptationLayer(BaseTunerLayer):
         delta = kron_delta_weight(
             A.to(compute_dtype), u.to(compute_dtype), v.to(compute_dtype), self.scaling[adapter_name]
         )
-        return (delta.T if self.fan_in_fan_out else delta).to(weight_dtype)
+        return (delta.T if self.fan_in_fan_out else delta).reshape(self.get_base_layer().weight.shape).to(weight_dtype)
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         return not self.fan_in_fan_out
@@ -287,3 +294,17 @@ class Linear(nn.Module, KAdaptationLayer):
 
     def __repr__(self) -> str:
         return "kadaptation." + super().__repr__()
+
+
+class Conv2d(Linear):
+    """KAdaptation on a `torch.nn.Conv2d` (groups=1): ΔW is built on the kernel seen as an (out, in·kh·kw) matrix and
+    applied as a convolution with the base layer's stride, padding and dilation (always materialised)."""
+
+    def _use_factored(self, adapter_name: str, tokens: int) -> bool:
+        return False
+
+    def _branch(self, name: str, x: torch.Tensor, factored: bool) -> torch.Tensor:
+        base = self.get_base_layer()
+        delta = self.get_delta_weight(name)
+        x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, delta.dtype))
+        return F.conv2d(x_in, delta, None, base.stride, base.padding, base.dilation)

@@ -19,7 +19,7 @@ from .config import (
     KAdaptationConfig,
     default_target_modules,
 )
-from .layer import KAdaptationLayer, Linear, check_n_divides, check_supported, features
+from .layer import Conv2d, KAdaptationLayer, Linear, check_n_divides, check_supported, features
 
 
 SLOW = "kadapt_A"  # full A_i, or left factors a_i with `slow_rank`
@@ -115,7 +115,8 @@ class KAdaptationModel(BaseTuner):
                 adapter_name, container, slow_key, kadapt_config, module_name=current_key, kadapt_A_right=right
             )
             return
-        new_module = Linear(
+        layer_cls = Conv2d if isinstance(base, nn.Conv2d) else Linear
+        new_module = layer_cls(
             target, adapter_name, container, slow_key, kadapt_config, module_name=current_key, kadapt_A_right=right
         )
         if adapter_name not in self.active_adapters:

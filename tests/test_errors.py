@@ -50,18 +50,23 @@ def test_n_that_does_not_divide_names_module_shape_and_working_values():
 
 
 def test_unsupported_layer_type_lists_supported_types():
-    class WithConv(nn.Module):
+    class WithConvs(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(4, 4, 3)
+            self.conv = nn.Conv1d(4, 4, 3)
+            self.depthwise = nn.Conv2d(4, 4, 3, groups=4)
 
         def forward(self, x):
             return self.conv(x)
 
     with pytest.raises(
-        TypeError, match=r"cannot adapt module 'conv' of type Conv2d\. Supported types: torch\.nn\.Linear"
+        TypeError,
+        match=r"cannot adapt module 'conv' of type Conv1d\. Supported types: torch\.nn\.Linear, "
+        r"transformers\.pytorch_utils\.Conv1D, torch\.nn\.Conv2d \(groups=1\)",
     ):
-        get_peft_model(WithConv(), KAdaptationConfig(target_modules=["conv"], n=2))
+        get_peft_model(WithConvs(), KAdaptationConfig(target_modules=["conv"], n=2))
+    with pytest.raises(TypeError, match=r"'depthwise': a grouped or depthwise Conv2d \(groups=4\).*exclude_modules"):
+        get_peft_model(WithConvs(), KAdaptationConfig(target_modules=["depthwise"], n=2))
 
 
 def test_unknown_model_type_without_target_modules():
