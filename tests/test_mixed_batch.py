@@ -52,3 +52,27 @@ def test_mixed_batch_errors():
     model.merge_adapter(["cats"])
     with pytest.raises(ValueError, match="Cannot pass `adapter_names` when there are merged adapters"):
         model(pixel_values=x, adapter_names=["cats", "dogs"])
+
+
+def test_generate_with_one_adapter_per_sequence():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0)
+    kadapt = KAdaptationConfig(n=4, init_weights=False)
+    model = get_peft_model(GPT2LMHeadModel(config), kadapt, adapter_name="cats")
+    model.add_adapter("dogs", kadapt)
+    model.eval()
+    ids = torch.randint(1, 50, (3, 5), generator=torch.Generator().manual_seed(2))
+    names = ["cats", "dogs", "__base__"]
+    settings = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    mixed = model.generate(input_ids=ids, adapter_names=names, **settings)
+    alone = {}
+    for name in ("cats", "dogs"):
+        model.set_adapter(name)
+        alone[name] = model.generate(input_ids=ids, **settings)
+    with model.disable_adapter():
+        alone["__base__"] = model.generate(input_ids=ids, **settings)
+    for i, name in enumerate(names):
+        assert torch.equal(mixed[i], alone[name][i]), name
+    assert not torch.equal(alone["cats"], alone["dogs"])
