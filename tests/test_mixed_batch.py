@@ -59,9 +59,9 @@ def test_generate_with_one_adapter_per_sequence():
 
     torch.manual_seed(0)
     config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0)
-    kadapt = KAdaptationConfig(n=4, init_weights=False)
-    model = get_peft_model(GPT2LMHeadModel(config), kadapt, adapter_name="cats")
-    model.add_adapter("dogs", kadapt)
+    # large updates, so that the two adapters decode differently from each other and from the base
+    model = get_peft_model(GPT2LMHeadModel(config), KAdaptationConfig(n=4, init_weights=False, alpha=400), "cats")
+    model.add_adapter("dogs", KAdaptationConfig(n=4, init_weights=False, alpha=400))
     model.eval()
     ids = torch.randint(1, 50, (3, 5), generator=torch.Generator().manual_seed(2))
     names = ["cats", "dogs", "__base__"]
@@ -75,4 +75,4 @@ def test_generate_with_one_adapter_per_sequence():
         alone["__base__"] = model.generate(input_ids=ids, **settings)
     for i, name in enumerate(names):
         assert torch.equal(mixed[i], alone[name][i]), name
-    assert not torch.equal(alone["cats"], alone["dogs"])
+    assert not torch.equal(alone["cats"], alone["dogs"]) and not torch.equal(alone["cats"], alone["__base__"])
