@@ -186,6 +186,10 @@ class KAdaptationLayer(BaseTunerLayer):
         slow_rank = None if right is None else right.shape[-1]
         return prefer_factored(n, r, self.in_features, self.out_features, tokens, torch.is_grad_enabled(), slow_rank)
 
+    def _tokens(self, x: torch.Tensor) -> int:
+        """Rows the adapter branch sees: every position of every sample."""
+        return x.numel() // self.in_features
+
     def _can_fold(self) -> bool:
         # folding ΔW into the base matmul bypasses base_layer.forward: only for a plain nn.Linear without hooks
         base = self.get_base_layer()
@@ -215,7 +219,7 @@ class KAdaptationLayer(BaseTunerLayer):
         if not active:
             return self.base_layer(x, *args, **kwargs)
 
-        tokens = x.numel() // self.in_features
+        tokens = self._tokens(x)
         folded, branches = [], []
         for name in active:
             dropout = self.kadapt_dropout[name]
@@ -263,7 +267,7 @@ class KAdaptationLayer(BaseTunerLayer):
                 continue
             rows = [i for i, n in enumerate(adapter_names) if n == name]
             sub = x[rows]
-            factored = self._use_factored(name, sub.numel() // self.in_features)
+            factored = self._use_factored(name, self._tokens(sub))
             result[rows] += self._branch(name, sub, factored).to(result.dtype)
         return result
 
@@ -297,14 +301,35 @@ class Linear(nn.Module, KAdaptationLayer):
 
 
 class Conv2d(Linear):
-    """KAdaptation on a `torch.nn.Conv2d` (groups=1): ΔW is built on the kernel seen as an (out, in·kh·kw) matrix and
-    applied as a convolution with the base layer's stride, padding and dilation (always materialised)."""
+    """KAdaptation on a `torch.nn.Conv2d` (groups=1): ΔW is built on the kernel seen as an (out, in·kh·kw) matrix.
 
-    def _use_factored(self, adapter_name: str, tokens: int) -> bool:
-        return False
+    Materialised: ΔW reshaped to a kernel and applied as a convolution with the layer's stride, padding and dilation.
+    Factored: the input unfolded into (positions × in·kh·kw) patches, the Kronecker identity applied to them, folded
+    back to (out, H', W'). The cost model picks between them per call, as for Linear.
+    """
+
+    def _tokens(self, x: torch.Tensor) -> int:
+        base = self.get_base_layer()
+        size = [
+            (x.shape[-2 + i] + 2 * base.padding[i] - base.dilation[i] * (base.kernel_size[i] - 1) - 1)
+            // base.stride[i]
+            + 1
+            for i in range(2)
+        ]  # output height and width
+        return x.shape[0] * size[0] * size[1]
 
     def _branch(self, name: str, x: torch.Tensor, factored: bool) -> torch.Tensor:
         base = self.get_base_layer()
-        delta = self.get_delta_weight(name)
-        x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, delta.dtype))
-        return F.conv2d(x_in, delta, None, base.stride, base.padding, base.dilation)
+        if not factored:
+            delta = self.get_delta_weight(name)
+            x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, delta.dtype))
+            return F.conv2d(x_in, delta, None, base.stride, base.padding, base.dilation)
+        u = self.kadapt_u[name]
+        x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, u.dtype))
+        patches = F.unfold(x_in, base.kernel_size, base.dilation, base.padding, base.stride)  # (B, in·kh·kw, L)
+        (A, A_right), v = self.slow_factors(name), self.kadapt_v[name]
+        out = kron_forward(patches.transpose(1, 2), A, u, v, self.scaling[name], A_right)  # (B, L, out)
+        h = (x.shape[-2] + 2 * base.padding[0] - base.dilation[0] * (base.kernel_size[0] - 1) - 1) // base.stride[
+            0
+        ] + 1
+        return out.transpose(1, 2).reshape(x.shape[0], self.out_features, h, -1)

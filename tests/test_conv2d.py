@@ -1,4 +1,5 @@
-"""nn.Conv2d (groups=1): the kernel as an (out, in·kh·kw) matrix, with the guarantees of Linear; ConvNeXt defaults."""
+"""nn.Conv2d (groups=1): the kernel as an (out, in·kh·kw) matrix, factored (unfolded patches) or materialised, with the
+guarantees of Linear; ConvNeXt defaults."""
 
 import pytest
 import torch
@@ -25,8 +26,10 @@ class TinyConvNet(nn.Module):
 X = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 
 
-def test_conv2d_output_is_base_plus_reference_delta():
-    model = get_peft_model(TinyConvNet(), KAdaptationConfig(n=4, target_modules=["conv2"], init_weights=False)).eval()
+@pytest.mark.parametrize("forward_mode", ["auto", "factored", "materialized"])
+def test_conv2d_output_is_base_plus_reference_delta(forward_mode):
+    config = KAdaptationConfig(n=4, target_modules=["conv2"], init_weights=False, forward_mode=forward_mode)
+    model = get_peft_model(TinyConvNet(), config).eval()
     layer = model.base_model.model.conv2
     A, u, v = layer.slow_weights("default"), layer.kadapt_u["default"], layer.kadapt_v["default"]
     reference = layer.scaling["default"] * sum(torch.kron(A[i], u[:, i] @ v[:, i].T) for i in range(4))  # (12, 72)
@@ -35,6 +38,9 @@ def test_conv2d_output_is_base_plus_reference_delta():
     expected = F.conv2d(x, base.weight + reference.view(12, 8, 3, 3), base.bias, stride=2, padding=2, dilation=2)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    model.train()  # with gradients, through the chosen form
+    layer(x).square().sum().backward()
+    assert layer.kadapt_u["default"].grad.abs().sum() > 0 and layer.kadapt_v["default"].grad.abs().sum() > 0
 
 
 def test_conv2d_trains_merges_saves_and_counts(tmp_path):
