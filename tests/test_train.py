@@ -145,15 +145,15 @@ def test_an_arguments_file_gives_the_same_run_as_the_flags(tmp_path, suffix):
 
 @pytest.mark.parametrize("method", ["linear", "bitfit", "full"])
 def test_methods_without_adapter_need_no_target_modules(method, tmp_path):
-    from transformers import ConvNextConfig, ConvNextForImageClassification
+    from transformers import ResNetConfig, ResNetForImageClassification
 
     from peft_kadapt.training import ModelArguments, build_model
 
-    config = ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
-    ConvNextForImageClassification(config).save_pretrained(tmp_path)  # a model type with no KAdaptation default
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3)
+    ResNetForImageClassification(config).save_pretrained(tmp_path)  # a model type with no KAdaptation default
     model, is_peft = build_model(ModelArguments(model_name_or_path=str(tmp_path), method=method), ["a", "b", "c"])
     assert not is_peft and any(p.requires_grad for p in model.classifier.parameters())
-    with pytest.raises(ValueError, match=r"no default `target_modules` for model type 'convnext'. Pass"):
+    with pytest.raises(ValueError, match=r"no default `target_modules` for model type 'resnet'. Pass"):
         build_model(ModelArguments(model_name_or_path=str(tmp_path), method="lora"), ["a", "b", "c"])
 
 
