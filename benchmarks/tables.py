@@ -20,6 +20,7 @@ from peft_kadapt.training.bench.report import mean_interval, paired_differences,
 
 
 BUDGETS = (20_000, 80_000, 150_000)
+REFERENCES = ("linear", "bitfit", "full")  # methods without adapter: reported as references, in no budget class
 TOLERANCE = 1.1
 
 
@@ -42,9 +43,8 @@ def frontier_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
     ]
     groups = defaultdict(list)
     for r in records:
-        groups[
-            (budget_class(r.adapter_parameters, budgets), r.dataset, r.settings["resolution"], str(r.shots))
-        ].append(r)
+        budget = None if r.method in REFERENCES else budget_class(r.adapter_parameters, budgets)
+        groups[(budget, r.dataset, r.settings["resolution"], str(r.shots))].append(r)
     for (budget, dataset, px, shots), group in sorted(groups.items(), key=lambda kv: (kv[0][0] or 0, *kv[0][1:])):
         # the class's LoRA: the one on q/v when the class has several
         lora = sorted({r.variant for r in group if r.method == "lora"}, key=lambda v: ("q_proj+v_proj" not in v, v))

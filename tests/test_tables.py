@@ -26,6 +26,7 @@ def test_frontier_and_map_from_records(tmp_path, capsys):
     records += [record(f"kadaptation n=8 r=1 {qv}", s, t, 19_456) for s, t in ((0, 0.55), (1, 0.63))]
     records += [record("lora r=1 targets=q_proj+k_proj+v_proj+o_proj+fc1+fc2", 0, 0.7, 82_944)]
     records += [record("linear", s, 0.4, 0) for s in (0, 1)]
+    records += [record("bitfit", 0, 0.45, 19_000)]  # a reference, though its biases would fit the ~20k class
     grid = [{"learning_rate": lr, "alpha": a, "validation_accuracy": v, "validation_loss": 1.0}
             for (a, lr, v) in ((1, 1e-3, 0.2), (1, 1e-2, 0.4), (4, 1e-3, 0.6), (4, 1e-2, 0.1))]  # fmt: skip
     records += [record(f"lora r=8 {qv}", s, 0.8, 147_456, grid) for s in (0, 1)]
@@ -39,6 +40,7 @@ def test_frontier_and_map_from_records(tmp_path, capsys):
     assert "| 19,456 | 0.590 ± 0.508 | 2 | +0.040 ± 0.127 (lora r=1 targets=q_proj+v_proj) |" in row
     assert "| ~80k | d | 56 | 5 | lora r=1 targets=q_proj+k_proj+v_proj+o_proj+fc1+fc2 | 82,944 |" in out
     assert "| reference | d | 56 | 5 | linear | 0 | 0.400 ± 0.000 | 2 | - |" in out
+    assert "| reference | d | 56 | 5 | bitfit | 19,000 | 0.450 (one split) | 1 | - |" in out
     assert "| ~150k | d | 56 | 5 | lora r=8 targets=q_proj+v_proj | 147,456 | 0.800 ± 0.000 | 2 | - |" in out
 
     tables.main([str(path), "--map"])
