@@ -308,15 +308,19 @@ class Conv2d(Linear):
     back to (out, H', W'). The cost model picks between them per call, as for Linear.
     """
 
-    def _tokens(self, x: torch.Tensor) -> int:
+    def _output_size(self, x: torch.Tensor) -> tuple[int, int]:
+        """Height and width of the convolution's output for input `x`."""
         base = self.get_base_layer()
-        size = [
+        return tuple(
             (x.shape[-2 + i] + 2 * base.padding[i] - base.dilation[i] * (base.kernel_size[i] - 1) - 1)
             // base.stride[i]
             + 1
             for i in range(2)
-        ]  # output height and width
-        return x.shape[0] * size[0] * size[1]
+        )
+
+    def _tokens(self, x: torch.Tensor) -> int:
+        height, width = self._output_size(x)
+        return x.shape[0] * height * width
 
     def _branch(self, name: str, x: torch.Tensor, factored: bool) -> torch.Tensor:
         base = self.get_base_layer()
@@ -329,7 +333,4 @@ class Conv2d(Linear):
         patches = F.unfold(x_in, base.kernel_size, base.dilation, base.padding, base.stride)  # (B, in·kh·kw, L)
         (A, A_right), v = self.slow_factors(name), self.kadapt_v[name]
         out = kron_forward(patches.transpose(1, 2), A, u, v, self.scaling[name], A_right)  # (B, L, out)
-        h = (x.shape[-2] + 2 * base.padding[0] - base.dilation[0] * (base.kernel_size[0] - 1) - 1) // base.stride[
-            0
-        ] + 1
-        return out.transpose(1, 2).reshape(x.shape[0], self.out_features, h, -1)
+        return out.transpose(1, 2).reshape(x.shape[0], self.out_features, *self._output_size(x))
