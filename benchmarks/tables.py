@@ -1,11 +1,20 @@
 """Recompute the tables of docs/benchmarks.md from committed benchmark records (JSON lines of `kadapt bench`).
 
     python benchmarks/tables.py benchmarks/results/frontier.jsonl              # results, paired differences, frontier
+    python benchmarks/tables.py benchmarks/results/frontier.jsonl --verdict --plot docs/frontier.png
     python benchmarks/tables.py benchmarks/results/alpha_lr_map.jsonl --map     # validation accuracy over alpha x lr
+
+Records topped up by grid-edge extension replace the records they extend. Only complete splits are compared (a
+split where every variant of the file has a record; `--all_splits` keeps the others), so every mean is over the same
+splits.
 
 Frontier: each variant is put in the smallest budget class (adapter parameters, head excluded) it fits, up to 10 %
 over; per class and dataset, test accuracy (mean ± 95 % t-interval over sampling seeds) of every variant, and its
 paired difference against the class's LoRA on the same splits.
+
+Verdict (`--verdict`): in every budget class, each KAdaptation variant against each LoRA and LoKr variant of the
+class, paired over splits, per dataset and pooled over datasets (win / tie / loss counts), then the study's three
+targets checked from those numbers.
 """
 
 from __future__ import annotations
@@ -15,13 +24,15 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from peft_kadapt.training.bench.protocol import RunRecord, read_records
+from peft_kadapt.training.bench.protocol import RunRecord, read_records, superseding
 from peft_kadapt.training.bench.report import mean_interval, paired_differences, results_markdown
 
 
 BUDGETS = (20_000, 80_000, 150_000)
 REFERENCES = ("linear", "bitfit", "full")  # methods without adapter: reported as references, in no budget class
 TOLERANCE = 1.1
+PEERS = ("lora", "lokr")
+LORA_R8 = "lora r=8 targets=q_proj+v_proj"  # the study's accuracy reference for the "quarter of LoRA" target
 
 
 def budget_class(adapter_parameters: int, budgets=BUDGETS) -> int | None:
@@ -38,8 +49,8 @@ def _pm(mean: float, half: float) -> str:
 def frontier_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
     lines = [
         "| budget | dataset | px | k | variant | adapter params | test accuracy (mean ± 95 % CI) | seeds "
-        "| vs LoRA of the class (paired, ± 95 % CI) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| vs LoRA of the class (paired, ± 95 % CI) | chosen at the grid's edge |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups = defaultdict(list)
     for r in records:
@@ -60,7 +71,7 @@ def frontier_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
             label = f"~{budget // 1000}k" if budget else "reference"
             lines.append(
                 f"| {label} | {dataset} | {px} | {shots} | {variant} | {runs[0].adapter_parameters:,d} "
-                f"| {_pm(mean, half)} | {len(runs)} | {versus} |"
+                f"| {_pm(mean, half)} | {len(runs)} | {versus} | {sum(map(at_grid_edge, runs))} of {len(runs)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -88,20 +99,187 @@ def alpha_lr_map_markdown(records: list[RunRecord]) -> str:
     return "\n".join(out)
 
 
+def _split(r: RunRecord) -> tuple:
+    return r.dataset, r.settings["resolution"], str(r.shots), r.seed
+
+
+def complete_splits(records: list[RunRecord]) -> tuple[list[RunRecord], int, int]:
+    """The records of the splits where every variant has one; with the number of such splits and of all splits."""
+    variants = {r.variant for r in records}
+    by_split = defaultdict(set)
+    for r in records:
+        by_split[_split(r)].add(r.variant)
+    complete = {split for split, present in by_split.items() if present == variants}
+    return [r for r in records if _split(r) in complete], len(complete), len(by_split)
+
+
+def at_grid_edge(r: RunRecord) -> bool:
+    """Whether the chosen point lies on the edge of the grid that was searched (extension included)."""
+    lrs = sorted({g["learning_rate"] for g in r.grid if g["alpha"] == r.chosen_alpha})
+    alphas = sorted({g["alpha"] for g in r.grid if g["learning_rate"] == r.chosen_lr and g["alpha"] is not None})
+    on_lr = len(lrs) > 1 and r.chosen_lr in (lrs[0], lrs[-1])
+    on_alpha = len(alphas) > 1 and r.chosen_alpha in (alphas[0], alphas[-1])
+    return on_lr or on_alpha
+
+
+def class_of(r: RunRecord, budgets=BUDGETS) -> int | None:
+    return None if r.method in REFERENCES else budget_class(r.adapter_parameters, budgets)
+
+
+def comparisons(records: list[RunRecord], budgets=BUDGETS) -> list[dict]:
+    """In every budget class, each KAdaptation variant against each LoRA / LoKr variant of the class: paired test
+    differences per dataset and pooled (rows of `paired_differences`, with the budget and the peer added)."""
+    rows = []
+    classes = defaultdict(set)
+    for r in records:
+        classes[class_of(r, budgets)].add((r.method, r.variant))
+    for budget in sorted(b for b in classes if b is not None):
+        kadapt = sorted(v for m, v in classes[budget] if m == "kadaptation")
+        peers = sorted(v for m, v in classes[budget] if m in PEERS)
+        for peer in peers:
+            chosen = [r for r in records if r.variant in (peer, *kadapt)]
+            for row in paired_differences(chosen, peer):
+                rows.append({"budget": budget, "peer": peer, **row})
+    return rows
+
+
+def _diff(row: dict) -> str:
+    half = row["interval"]
+    text = f"{row['difference']:+.3f} ± {half:.3f}" if half == half else f"{row['difference']:+.3f} (one split)"
+    return f"{text} | {row['wins']} / {row['ties']} / {row['losses']}"
+
+
+def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
+    """The budget-class comparisons and the study's three targets, each said plainly as met or not."""
+    rows = comparisons(records, budgets)
+    lines = [
+        "| budget | KAdaptation variant | against | dataset | splits | paired difference (± 95 % CI) "
+        "| wins / ties / losses |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| ~{row['budget'] // 1000}k | {row['variant']} | {row['peer']} | {row['dataset']} | {row['splits']} "
+            f"| {_diff(row)} |"
+        )
+    lines += ["", "Targets:"]
+    smallest = min(budgets)
+    first = [row for row in rows if row["budget"] == smallest and row["dataset"] == "pooled"]
+    for row in first:
+        low = row["difference"] - row["interval"]
+        met = "met" if low >= 0 else "not met"
+        lines.append(
+            f"- ~{smallest // 1000}k, {row['variant']} ≥ {row['peer']} (pooled paired 95 % CI excludes a loss: lower "
+            f"end ≥ 0): {met} (lower end {low:+.3f})."
+        )
+    if not first:
+        lines.append(f"- ~{smallest // 1000}k: no KAdaptation and peer pair with shared splits yet.")
+    reference = [r for r in records if r.variant == LORA_R8]
+    if reference:
+        quarter = reference[0].adapter_parameters / 4
+        small = sorted({r.variant for r in records if r.method == "kadaptation" and r.adapter_parameters <= quarter})
+        chosen = [r for r in records if r.variant in (LORA_R8, *small)]
+        for row in (p for p in paired_differences(chosen, LORA_R8) if p["dataset"] == "pooled"):
+            met = "met" if row["difference"] >= 0 else "not met"
+            lines.append(
+                f"- {row['variant']} (≤ ¼ of {LORA_R8}'s adapter parameters) reaches its accuracy (pooled mean paired "
+                f"difference ≥ 0): {met} ({_diff(row).split(' |')[0]} over {row['splits']} splits)."
+            )
+    linear = defaultdict(list)
+    kadapt = defaultdict(list)
+    for r in records:
+        key = (r.dataset, r.settings["resolution"], str(r.shots))
+        if r.method == "linear":
+            linear[key].append(r.test_accuracy)
+        elif r.method == "kadaptation":
+            kadapt[(key, r.variant)].append(r.test_accuracy)
+    below = [
+        f"{variant} on {key[0]} k={key[2]}"
+        for (key, variant), values in sorted(kadapt.items())
+        if key in linear and statistics.mean(values) <= statistics.mean(linear[key])
+    ]
+    cells = sum(key in linear for key, _ in kadapt)
+    met = "met" if not below else f"not met ({'; '.join(below)})"
+    lines.append(f"- every KAdaptation variant above the linear probe (mean test accuracy, {cells} cells): {met}.")
+    return "\n".join(lines) + "\n"
+
+
+def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8) -> None:
+    """One panel per dataset (test accuracy, mean over its splits, against adapter parameters) and a pooled panel
+    (paired difference against `reference` over all splits)."""
+    from peft_kadapt.training.plotting import pyplot, save
+
+    plt = pyplot()
+    datasets = sorted({r.dataset for r in records})
+    fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(4.2 * (len(datasets) + 1), 3.6), squeeze=False)
+    families = {"kadaptation": "C0", "lora": "C1", "lokr": "C2"}
+    markers = {True: "s", False: "o"}  # all linear layers: square; q/v: circle
+
+    def draw(ax, points):
+        for variant, params, mean, half in points:
+            method = variant.split()[0]
+            if method not in families:
+                ax.axhline(mean, color="grey", lw=0.8, ls=":")
+                ax.annotate(method, (ax.get_xlim()[0], mean), fontsize=6, color="grey")
+                continue
+            ax.errorbar(params, mean, yerr=0 if half != half else half, fmt=markers["fc1" in variant],
+                        color=families[method], capsize=2, ms=4)  # fmt: skip
+            ax.annotate(variant.replace(" targets=q_proj+v_proj", "").replace(
+                " targets=q_proj+k_proj+v_proj+o_proj+fc1+fc2", " all"), (params, mean), fontsize=5)  # fmt: skip
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("adapter parameters (head excluded)", fontsize=7)
+
+    for ax, dataset in zip(axes.flat, datasets):
+        group = [r for r in records if r.dataset == dataset]
+        points = []
+        for variant in sorted({r.variant for r in group}):
+            runs = [r for r in group if r.variant == variant]
+            mean, half = mean_interval([r.test_accuracy for r in runs])
+            points.append((variant, runs[0].adapter_parameters, mean, half))
+        ax.set_xlim(1e4, 3e5)
+        draw(ax, [p for p in points if p[1] > 0 and p[1] < 1e6] + [p for p in points if not 0 < p[1] < 1e6])
+        pxs = sorted({r.settings["resolution"] for r in group})
+        ax.set_title(f"{dataset}, {'/'.join(map(str, pxs))} px, {len({_split(r) for r in group})} splits", fontsize=8)
+        ax.set_ylabel("test accuracy (mean ± 95 % CI)", fontsize=7)
+    pooled = axes.flat[-1]
+    params = {r.variant: r.adapter_parameters for r in records}
+    rows = [p for p in paired_differences(records, reference) if p["dataset"] == "pooled"]
+    pooled.set_xlim(1e4, 3e5)
+    pooled.axhline(0, color="C1", lw=0.8)
+    draw(pooled, [(p["variant"], params[p["variant"]], p["difference"], p["interval"]) for p in rows
+                  if 0 < params[p["variant"]] < 1e6])  # fmt: skip
+    pooled.set_title(f"pooled: paired difference vs {reference.split(' targets')[0]} (q/v)", fontsize=8)
+    pooled.set_ylabel("test accuracy difference (± 95 % CI)", fontsize=7)
+    fig.suptitle("blue KAdaptation, orange LoRA, green LoKr; circle: q/v, square: all linear layers; dotted: "
+                 "references (linear, bitfit, full)", fontsize=8)  # fmt: skip
+    save(fig, path)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", nargs="+", help="JSON-lines record files of `kadapt bench`")
     p.add_argument("--map", action="store_true", help="print the alpha x learning-rate map of validation accuracy")
+    p.add_argument("--verdict", action="store_true", help="print the budget-class comparisons and the targets")
+    p.add_argument("--plot", default=None, help="write the Pareto plot (one panel per dataset, one pooled) here")
+    p.add_argument("--all_splits", action="store_true", help="also use splits some variant has no record on")
     p.add_argument(
         "--reference", default="lora r=8 targets=q_proj+v_proj", help="variant the results table pairs against"
     )
     args = p.parse_args(argv)
-    records = [r for path in args.records for r in read_records(Path(path))]
+    records = superseding([r for path in args.records for r in read_records(Path(path))])
     if args.map:
         print(alpha_lr_map_markdown(records))
         return
+    if not args.all_splits:
+        records, complete, total = complete_splits(records)
+        print(f"{complete} of {total} splits have a record for every variant; the tables use those.\n")
     print(results_markdown(records, reference=args.reference))
     print(frontier_markdown(records))
+    if args.verdict:
+        print(verdict_markdown(records))
+    if args.plot:
+        frontier_plot(records, Path(args.plot))
 
 
 if __name__ == "__main__":

@@ -98,9 +98,9 @@ def test_validation_chooses_and_test_is_used_once(
     scored, fits = [], []
     real_evaluate, real_fit = protocol.evaluate, protocol.fit
 
-    def evaluate_spy(model, x, y, extra):
+    def evaluate_spy(model, x, y, extra, **kwargs):
         scored.append(len(y))
-        return real_evaluate(model, x, y, extra)
+        return real_evaluate(model, x, y, extra, **kwargs)
 
     def fit_spy(model, x, y, *a, **k):
         fits.append(len(y))
@@ -236,3 +236,78 @@ def test_records_written_before_a_setting_existed_still_resume():
     assert pending([("digits", 5, 0)], {"linear": grid}, settings, done) == []
     changed = BenchSettings(model_name_or_path="m", warmup_steps=5)
     assert pending([("digits", 5, 0)], {"linear": grid}, changed, done) == [(("digits", 5, 0), "linear")]
+
+
+def test_edge_neighbours_step_past_the_chosen_edge_on_each_axis():
+    from peft_kadapt.training.bench.protocol import Candidate, edge_neighbours
+
+    grid = [Candidate(lr, a) for a in (1.0, 4.0, 16.0) for lr in (1e-3, 3e-3, 1e-2)]
+    step = [(c.learning_rate, c.alpha, c.extension) for c in edge_neighbours(grid[0], grid)]
+    assert step == [(3.33e-4, 1.0, True), (1e-3, 0.25, True)]  # the corner: one step out along both axes
+    assert edge_neighbours(grid[4], grid) == []  # inside the grid: nothing
+    assert [(c.learning_rate, c.alpha) for c in edge_neighbours(grid[5], grid)] == [(3.33e-2, 4.0)]
+    references = [Candidate(1e-3), Candidate(1e-2)]  # no alpha axis
+    assert [(c.learning_rate, c.alpha) for c in edge_neighbours(references[1], references)] == [(0.1, None)]
+    assert edge_neighbours(Candidate(1e-3), [Candidate(1e-3)]) == []  # one value: no step to take
+
+
+@pytest.mark.parametrize(
+    "peak, new_lrs, chosen, tested",
+    [
+        (1e-2, [9e-3, 2.7e-2], 9e-3, 1),  # 3e-3 was the edge: two rounds outward, the new choice is tested once
+        (3e-4, [3.33e-4, 1.11e-4], 3.33e-4, 1),  # the same at the lower edge
+        (1.5e-3, [3.33e-4], 1e-3, 0),  # one step out is worse: the recorded choice and its test accuracy stand
+    ],
+)
+def test_extend_edges_tops_up_recorded_runs_on_validation_only(
+    tiny_backbone, tmp_path, monkeypatch, peak, new_lrs, chosen, tested
+):
+    import peft_kadapt.training.bench.protocol as protocol
+    from peft_kadapt.training.bench.protocol import superseding
+    from peft_kadapt.training.engine import Scores
+
+    fits, tests = [], []
+    real_evaluate, real_fit = protocol.evaluate, protocol.fit
+
+    def fit_spy(model, x, y, recipe, *a, **k):
+        fits.append(recipe.learning_rate)
+        model.scripted_lr = recipe.learning_rate
+        return real_fit(model, x, y, recipe, *a, **k)
+
+    def evaluate_scripted(model, x, y, extra, **kwargs):
+        if len(y) == 70:  # the test split
+            tests.append(model.scripted_lr)
+            return real_evaluate(model, x, y, extra, **kwargs)
+        return Scores(accuracy=1 / (1 + abs(math.log10(model.scripted_lr / peak))), loss=1.0)  # best at `peak`
+
+    monkeypatch.setattr(protocol, "evaluate", evaluate_scripted)
+    monkeypatch.setattr(protocol, "fit", fit_spy)
+    args = bench_args(tiny_backbone, tmp_path / "out", "--shots", "5", "--seeds", "0", "--workers", "1")
+    args += ["--methods", "linear", "--grid", "linear=1e-3,3e-3", "--speed_rounds", "0"]
+    kadapt(args)
+    (first,) = read_records(tmp_path / "out" / "records.jsonl")
+    fits.clear(), tests.clear()
+    kadapt([*args, "--extend_edges", "2"])
+    assert fits == new_lrs and len(tests) == tested  # only the new points train; test only for a new choice
+    records = read_records(tmp_path / "out" / "records.jsonl")
+    (latest,) = superseding(records)
+    assert len(records) == 2 and latest.settings["extend_edges"] == 2 and latest.chosen_lr == chosen
+    assert [(g["learning_rate"], g["extension"]) for g in latest.grid][:2] == [(1e-3, False), (3e-3, False)]
+    assert [g["learning_rate"] for g in latest.grid][2:] == new_lrs
+    if not tested:
+        assert latest.test_accuracy == first.test_accuracy
+    fits.clear()
+    kadapt([*args, "--extend_edges", "2"])  # resumes: everything is recorded
+    assert fits == [] and len(read_records(tmp_path / "out" / "records.jsonl")) == 2
+
+
+def test_variants_parse_after_the_trainer_parser_has_read_model_arguments():
+    from transformers import HfArgumentParser
+
+    from peft_kadapt.training.methods import ModelArguments, parse_variant
+
+    HfArgumentParser(ModelArguments)  # resolves the dataclass's field types in place
+    spec = parse_variant("kadaptation n=16 alpha=2 targets=q_proj+v_proj")
+    assert (spec.kadapt_n, spec.kadapt_alpha, spec.target_modules) == (16, 2.0, "q_proj,v_proj")
+    with pytest.raises(ValueError, match="'four' is not a valid int"):
+        parse_variant("lora r=four")

@@ -15,7 +15,7 @@ spec.loader.exec_module(tables)
 
 def record(variant, seed, test, adapter, grid=()):
     return RunRecord(dataset="d", shots=5, seed=seed, variant=variant, method=variant.split()[0],
-                     settings={"resolution": 56}, grid=list(grid), chosen_lr=1e-3, chosen_alpha=None,
+                     settings={"model_name_or_path": "m", "resolution": 56}, grid=list(grid), chosen_lr=1e-3, chosen_alpha=None,
                      validation_accuracy=0.5, test_accuracy=test, test_images=100, trainable_parameters=adapter + 10,
                      adapter_parameters=adapter, saved_bytes=4, train_seconds=1.0, wall_seconds=1.0)  # fmt: skip
 
@@ -33,7 +33,7 @@ def test_frontier_and_map_from_records(tmp_path, capsys):
     path = tmp_path / "records.jsonl"
     path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
 
-    tables.main([str(path)])
+    tables.main([str(path), "--all_splits"])
     out = capsys.readouterr().out
     # KAdaptation against the ~20k class's LoRA, paired over two seeds: +0.05 and +0.03 -> +0.040 ± 12.706·0.01414/√2
     row = next(line for line in out.splitlines() if line.startswith("| ~20k") and "kadaptation" in line)
@@ -48,3 +48,41 @@ def test_frontier_and_map_from_records(tmp_path, capsys):
     assert (
         "| alpha \\ lr | 0.001 | 0.01 |" in out and "| 1 | 0.200 | 0.400 |" in out and "| 4 | 0.600 | 0.100 |" in out
     )
+
+
+def test_verdict_uses_complete_splits_and_topped_up_records(tmp_path, capsys):
+    qv = "targets=q_proj+v_proj"
+    records = [record(f"lora r=1 {qv}", s, t, 18_432) for s, t in ((0, 0.50), (1, 0.60), (2, 0.55))]
+    records += [record(f"kadaptation n=8 r=1 {qv}", s, t, 19_456) for s, t in ((0, 0.55), (1, 0.63))]
+    records += [record(f"lora r=8 {qv}", s, t, 147_456) for s, t in ((0, 0.54), (1, 0.64))]
+    records += [record("linear", s, 0.61, 0) for s in (0, 1)]
+    extended = record(f"kadaptation n=8 r=1 {qv}", 0, 0.58, 19_456)  # seed 0 topped up by one extension round
+    extended.settings = {**extended.settings, "extend_edges": 1}
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in [*records, extended]))
+
+    tables.main([str(path), "--verdict", "--plot", str(tmp_path / "frontier.png")])
+    out = capsys.readouterr().out
+    assert "2 of 3 splits have a record for every variant" in out  # seed 2 has LoRA r=1 only
+    # topped-up seed 0 (0.58) replaces 0.55: differences +0.08, +0.03 against LoRA r=1
+    row = f"| ~20k | kadaptation n=8 r=1 {qv} | lora r=1 {qv} | pooled | 2 | +0.055 ± 0.318 | 2 / 0 / 0 |"
+    assert row in out
+    assert "(lower end -0.263)" in out and "not met" in out
+    assert f"kadaptation n=8 r=1 {qv} (≤ ¼ of lora r=8 {qv}'s adapter parameters) reaches its accuracy" in out
+    assert "met (+0.015 ± 0.318 over 2 splits)" in out  # +0.04, -0.01 against LoRA r=8
+    assert f"not met (kadaptation n=8 r=1 {qv} on d k=5)" in out  # 0.605 is not above the linear probe's 0.61
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
+def test_chosen_point_on_the_grid_edge():
+    grid = [{"learning_rate": lr, "alpha": a, "validation_accuracy": 0.5, "validation_loss": 1.0}
+            for a in (1.0, 4.0) for lr in (1e-3, 3e-3, 1e-2)]  # fmt: skip
+    edge, inside = record("lora r=1", 0, 0.5, 1, grid), record("lora r=1", 0, 0.5, 1, grid)
+    edge.chosen_lr, edge.chosen_alpha = 3e-3, 4.0  # the largest alpha
+    inside.chosen_lr, inside.chosen_alpha = 3e-3, 1.0  # lowest alpha too: 2 alphas are both edges
+    assert tables.at_grid_edge(edge) and tables.at_grid_edge(inside)
+    grid += [
+        {"learning_rate": 3e-3, "alpha": 0.25, "validation_accuracy": 0.1, "validation_loss": 9.0, "extension": True}
+    ]
+    inside.grid = grid
+    assert not tables.at_grid_edge(inside)

@@ -8,7 +8,10 @@
 - the schedule is `transformers.get_scheduler(lr_scheduler_type)` over `max_steps`, gradients clipped to
   `max_grad_norm`;
 - epoch e visits the examples in the order `torch.randperm(n, generator=Generator().manual_seed(seed + e))`, which is
-  what the Trainer's seedable sampler does; the last batch of an epoch may be smaller.
+  what the Trainer's seedable sampler does; the last batch of an epoch may be smaller;
+- `bf16=True` runs the forward pass under `torch.autocast(dtype=torch.bfloat16)` with fp32 weights and optimiser
+  state, as the Trainer's `bf16=True` does. Batches go to the device the model is on (move the model first); the
+  split itself may stay on the CPU.
 
 So a learning rate chosen by the bench means the same thing in `kadapt train` (tests/test_engine.py checks that both
 reach the same weights and accuracy).
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,7 @@ class Recipe:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     seed: int = 0
+    bf16: bool = False
 
     def training_arguments(self, output_dir: str, **overrides):
         """`transformers.TrainingArguments` that train with this recipe (plus `overrides`, e.g. evaluation)."""
@@ -55,6 +59,8 @@ class Recipe:
             remove_unused_columns=False,
             report_to="none",
         )
+        if self.bf16:
+            settings["bf16"] = True
         return TrainingArguments(**{**settings, **overrides})
 
 
@@ -68,7 +74,7 @@ def optimizer_and_schedule(model: nn.Module, recipe: Recipe):
     """The Trainer's optimiser (class, arguments, weight-decay groups) and schedule for `recipe`."""
     from transformers import Trainer, get_scheduler
 
-    args = recipe.training_arguments(output_dir="unused")
+    args = replace(recipe, bf16=False).training_arguments(output_dir="unused")  # precision does not change these
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     decay = set(Trainer.get_decay_parameter_names(None, model))
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -106,14 +112,16 @@ def fit(
     optimizer, schedule = optimizer_and_schedule(model, recipe)
     params = [p for p in model.parameters() if p.requires_grad]
     forward_kwargs = forward_kwargs or {}
+    device = params[0].device
     model.train()
     start, step, epoch = time.perf_counter(), 0, 0
     while step < recipe.max_steps:
         order = epoch_order(len(labels), recipe.seed, epoch)
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
-            logits = model(pixel_values=pixel_values[idx], **forward_kwargs).logits
-            loss = F.cross_entropy(logits, labels[idx])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                logits = model(pixel_values=pixel_values[idx].to(device), **forward_kwargs).logits
+            loss = F.cross_entropy(logits.float(), labels[idx].to(device))
             loss.backward()
             if recipe.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
@@ -126,19 +134,30 @@ def fit(
             if step == recipe.max_steps:
                 break
         epoch += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: time them to the end
     return time.perf_counter() - start
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, forward_kwargs: dict | None = None, batch=100
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    forward_kwargs: dict | None = None,
+    batch: int = 100,
+    bf16: bool = False,
 ) -> Scores:
-    """Accuracy and mean cross-entropy of `model` on a split, in eval mode."""
+    """Accuracy and mean cross-entropy of `model` on a split, in eval mode (bf16: under bfloat16 autocast)."""
     model.eval()
-    logits = torch.cat(
-        [
-            model(pixel_values=pixel_values[i : i + batch], **(forward_kwargs or {})).logits
-            for i in range(0, len(labels), batch)
-        ]
-    )
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = torch.cat(
+            [
+                model(pixel_values=pixel_values[i : i + batch].to(device), **(forward_kwargs or {}))
+                .logits.float()
+                .cpu()
+                for i in range(0, len(labels), batch)
+            ]
+        )
     return Scores((logits.argmax(-1) == labels).float().mean().item(), F.cross_entropy(logits, labels).item())

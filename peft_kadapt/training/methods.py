@@ -11,8 +11,9 @@ A *variant* is a method with settings, written as the method name followed by `k
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from peft import LoKrConfig, LoraConfig, PeftConfig, get_peft_model
 from torch import nn
@@ -210,7 +211,7 @@ def parse_variant(variant: str, **defaults) -> ModelArguments:
     """
     name, *pairs = variant.split()
     keys = VARIANT_KEYS[get_method(name).name]
-    types = {f.name: f.type for f in fields(ModelArguments)}
+    types = typing.get_type_hints(ModelArguments)  # resolved types (HfArgumentParser rewrites `Field.type` in place)
     values = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -224,12 +225,12 @@ def parse_variant(variant: str, **defaults) -> ModelArguments:
     return replace(ModelArguments(**defaults), method=name, **values)
 
 
-def _convert(raw: str, annotation: str, variant: str):
-    kind = annotation.split("|")[0].strip()
+def _convert(raw: str, annotation, variant: str):
+    kind = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)  # `int | None` -> int
     try:
-        return {"int": int, "float": float}.get(kind, str)(raw)
+        return (kind if kind in (int, float) else str)(raw)
     except ValueError:
-        raise ValueError(f"Variant {variant!r}: {raw!r} is not a valid {kind}.") from None
+        raise ValueError(f"Variant {variant!r}: {raw!r} is not a valid {kind.__name__}.") from None
 
 
 def methods_markdown() -> str:

@@ -31,8 +31,10 @@ from .protocol import (
     append_records,
     cached_dataset,
     default_grid,
+    job_key,
     normalised,
     pending,
+    priors,
     read_records,
     run_job,
 )
@@ -92,6 +94,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_seed", type=int, default=0)
     p.add_argument("--warmup_steps", type=int, default=0, help="linear learning-rate warm-up steps (then cosine)")
     p.add_argument(
+        "--extend_edges",
+        type=int,
+        default=0,
+        help="rounds of grid extension: when validation chooses a point on the grid's edge (learning rate or alpha), "
+        "also train the point one grid step further out, and choose again (records made with fewer rounds are "
+        "topped up)",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="forward passes under bfloat16 autocast (fp32 weights), as Trainer's --bf16",
+    )
+    p.add_argument("--device", default=None, help="cuda, cpu, ...; default cuda when available, else cpu")
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -105,6 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.datasets, args.shots, args.seeds, args.methods = "textiles", "5", "0", ",".join(QUICK_SUITE)
         args.steps, args.speed_rounds, args.test_per_class = 30, 2, 50
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.workers is None:
         args.workers = 2 if not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 1
     return args
@@ -186,15 +204,25 @@ def run_bench(args) -> dict:
         batch_size=args.batch_size,
         train_seed=args.train_seed,
         warmup_steps=args.warmup_steps,
+        extend_edges=args.extend_edges,
+        bf16=args.bf16,
     )
+    if args.extend_edges < 0:
+        raise ValueError(
+            f"--extend_edges {args.extend_edges}: expected 0 (no extension) or a positive number of rounds."
+        )
     variant_grids = grids(args)
     datasets = [d.strip() for d in args.datasets.split(",")]
-    jobs = [(d, k, s) for d in datasets for k in _ints(args.shots, "--shots") for s in _ints(args.seeds, "--seeds")]
+    shots, seeds = _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds")
+    jobs = [(d, k, s) for s in seeds for d in datasets for k in shots]  # seed-major: a cut-short study covers all data
     warn_on_downscaling(datasets, args.resolution)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records_path = Path(args.records) if args.records else output_dir / "records.jsonl"
-    todo = pending(jobs, variant_grids, settings, {r.key for r in read_records(records_path)})
+    existing = read_records(records_path)
+    todo = pending(jobs, variant_grids, settings, {r.key for r in existing})
+    topped_up = priors(existing, settings)
+    prior = {(job, v): topped_up.get(job_key(job, v, variant_grids[v], settings)) for job, v in todo}
     logger.info(
         "%d of %d (split, variant) runs to do; records in %s", len(todo), len(jobs) * len(variant_grids), records_path
     )
@@ -204,10 +232,12 @@ def run_bench(args) -> dict:
         pool = ProcessPoolExecutor(
             args.workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
         )
-        results = as_completed([pool.submit(run_job, job, v, variant_grids[v], settings) for job, v in todo])
+        results = as_completed(
+            [pool.submit(run_job, job, v, variant_grids[v], settings, prior[job, v], args.device) for job, v in todo]
+        )
         records = (future.result() for future in results)
     else:
-        records = (run_job(job, v, variant_grids[v], settings) for job, v in todo)
+        records = (run_job(job, v, variant_grids[v], settings, prior[job, v], args.device) for job, v in todo)
     try:
         for r in tqdm(records, total=len(todo), desc="split × variant"):
             append_records(records_path, [r])  # as each run finishes: the study can stop and resume

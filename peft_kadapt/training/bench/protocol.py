@@ -9,6 +9,13 @@ Validation (`BenchSettings.validation`):
 - `shots`: validation carved from the k shots (a fifth, at least one per class, strictly few-shot); every grid point
   trains on the rest, the chosen one is retrained on all k shots and evaluated once on test.
 Every run trains for the same number of steps (`steps`) with the engine's recipe, scored after the last step.
+
+Grid edges (`BenchSettings.extend_edges`, default 0): when validation chooses a point on the edge of the grid (the
+largest or smallest learning rate among the points with its alpha, or the largest or smallest alpha among the points
+with its learning rate), the neighbour one grid step further out is trained too, and the choice is made again; at
+most `extend_edges` such rounds. Only validation decides; test still sees the chosen model once. A record made
+without extension can be topped up (`run_variant(prior=...)`): its grid's scores and test accuracy are reused, only
+the new points train, and the chosen model is tested only when the choice moves to a new point.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 
 from ..backbones import image_normalization, pos_encoding_kwargs
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
-from ..engine import Recipe, Scores, evaluate, fit
+from ..engine import Recipe, evaluate, fit
 from ..methods import HEAD, METHODS, build_model, parse_variant
 
 
@@ -44,6 +51,8 @@ class BenchSettings:
     batch_size: int = 16
     train_seed: int = 0
     warmup_steps: int = 0  # linear warm-up of the learning rate (added later: records without it had 0)
+    extend_edges: int = 0  # rounds of grid extension where validation chose an edge (added later: 0 before)
+    bf16: bool = False  # forward passes under bfloat16 autocast (added later: records without it were fp32)
 
 
 @dataclass
@@ -54,6 +63,7 @@ class Candidate:
     alpha: float | None = None
     validation_accuracy: float | None = None
     validation_loss: float | None = None
+    extension: bool = False  # added beyond the grid because validation chose its edge (not part of the record key)
 
 
 @dataclass
@@ -86,8 +96,9 @@ class RunRecord:
 
 
 def record_key(dataset, shots, seed, variant, settings: dict, grid: list[dict]) -> tuple:
-    """What makes two records the same run: split, variant, settings and grid points (not their scores)."""
-    points = tuple((g["learning_rate"], g["alpha"]) for g in grid)
+    """What makes two records the same run: split, variant, settings and grid points (not their scores, nor the points
+    added by edge extension, which the settings' `extend_edges` determines)."""
+    points = tuple((g["learning_rate"], g["alpha"]) for g in grid if not g.get("extension"))
     return dataset, str(shots), int(seed), variant, json.dumps(normalised(settings), sort_keys=True), points
 
 
@@ -100,9 +111,9 @@ def shots_label(k: int, settings: BenchSettings) -> int | str:
     return k or f"full ({settings.full_shot_subset}/class)"
 
 
-def validation_rank(scores: Scores) -> tuple[float, float]:
+def validation_rank(candidate: Candidate) -> tuple[float, float]:
     """How grid points are compared: validation accuracy, ties (frequent with few images) to the lower loss."""
-    return scores.accuracy, -scores.loss
+    return candidate.validation_accuracy, -candidate.validation_loss
 
 
 @lru_cache(maxsize=4)
@@ -136,12 +147,13 @@ def saved_bytes(model, is_peft: bool) -> int:
         return (Path(tmp) / "adapter_model.safetensors").stat().st_size
 
 
-def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, x, y):
+def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, x, y, device: str):
     spec = parse_variant(variant, model_name_or_path=settings.model_name_or_path)
     if candidate.alpha is not None:
         spec = replace(spec, **{"kadapt_alpha" if spec.method == "kadaptation" else "lora_alpha": candidate.alpha})
     torch.manual_seed(settings.train_seed)
     model, is_peft = build_model(spec, labels)
+    model.to(device)
     extra = pos_encoding_kwargs(model, settings.resolution)
     recipe = Recipe(
         candidate.learning_rate,
@@ -149,27 +161,91 @@ def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, 
         settings.batch_size,
         warmup_steps=settings.warmup_steps,
         seed=settings.train_seed,
+        bf16=settings.bf16,
     )
     seconds = fit(model, x, y, recipe, extra)
     return model, is_peft, extra, seconds
 
 
-def run_variant(variant: str, grid: list[Candidate], data, labels, settings: BenchSettings, split: tuple) -> RunRecord:
-    """Train every grid point, choose on validation, test the chosen model once (see the module doc)."""
+def _beyond(value: float, values: list[float]) -> list[float]:
+    """One geometric grid step past `value` when it is the largest or smallest of `values` (at least two)."""
+    if len(values) < 2:
+        return []
+    if value == values[-1]:
+        return [float(f"{value * values[-1] / values[-2]:.3g}")]
+    if value == values[0]:
+        return [float(f"{value * values[0] / values[1]:.3g}")]
+    return []
+
+
+def edge_neighbours(chosen: Candidate, points: list[Candidate]) -> list[Candidate]:
+    """The untried points one grid step beyond `chosen` along each axis on whose edge it lies (see the module doc)."""
+    lrs = sorted({c.learning_rate for c in points if c.alpha == chosen.alpha})
+    out = [Candidate(lr, chosen.alpha, extension=True) for lr in _beyond(chosen.learning_rate, lrs)]
+    if chosen.alpha is not None:
+        alphas = sorted({c.alpha for c in points if c.learning_rate == chosen.learning_rate})
+        out += [Candidate(chosen.learning_rate, a, extension=True) for a in _beyond(chosen.alpha, alphas)]
+    tried = {(c.learning_rate, c.alpha) for c in points}
+    return [c for c in out if (c.learning_rate, c.alpha) not in tried]
+
+
+def run_variant(
+    variant: str,
+    grid: list[Candidate],
+    data,
+    labels,
+    settings: BenchSettings,
+    split: tuple,
+    prior: RunRecord | None = None,
+    device: str = "cpu",
+) -> RunRecord:
+    """Train every grid point, choose on validation (extending the grid at its edges when the settings ask), test the
+    chosen model once (see the module doc). `prior`: the same run recorded with fewer extension rounds, whose scores
+    and test accuracy are reused. `device`: where to train and evaluate (not part of the record's identity)."""
     start = time.perf_counter()
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
-    kept, best = None, None
-    for candidate in grid:
-        model, is_peft, extra, seconds = _train(variant, candidate, settings, labels, x_tr, y_tr)
-        scores = evaluate(model, x_val, y_val, extra)
-        candidate.validation_accuracy, candidate.validation_loss = scores.accuracy, scores.loss
-        if best is None or validation_rank(scores) > validation_rank(best):
-            best, kept = scores, (candidate, model, is_peft, extra, seconds)
-    chosen, model, is_peft, extra, seconds = kept
+    known = {(g["learning_rate"], g["alpha"]): g for g in prior.grid} if prior else {}
+    points: list[Candidate] = []
+    best, kept = None, None  # kept: (model, is_peft, extra, seconds) of the best point when it was trained here
+
+    def score(candidates: list[Candidate]) -> None:
+        nonlocal best, kept
+        for candidate in candidates:
+            recorded = known.get((candidate.learning_rate, candidate.alpha))
+            trained = None
+            if recorded is not None:
+                candidate.validation_accuracy = recorded["validation_accuracy"]
+                candidate.validation_loss = recorded["validation_loss"]
+            else:
+                model, is_peft, extra, seconds = _train(variant, candidate, settings, labels, x_tr, y_tr, device)
+                scores = evaluate(model, x_val, y_val, extra, bf16=settings.bf16)
+                candidate.validation_accuracy, candidate.validation_loss = scores.accuracy, scores.loss
+                trained = (model, is_peft, extra, seconds)
+            points.append(candidate)
+            if best is None or validation_rank(candidate) > validation_rank(best):
+                best, kept = candidate, trained
+
+    score(grid)
+    for _ in range(settings.extend_edges):
+        more = edge_neighbours(best, points)
+        if not more:
+            break
+        score(more)
+    grid_dicts = [asdict(c) for c in points]
+    if kept is None:  # the prior record's choice stands: its test accuracy is reused, nothing is tested again
+        assert (best.learning_rate, best.alpha) == (prior.chosen_lr, prior.chosen_alpha), "prior record disagrees"
+        return replace(
+            prior,
+            settings=asdict(settings),
+            grid=grid_dicts,
+            wall_seconds=round(prior.wall_seconds + time.perf_counter() - start, 2),
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+    model, is_peft, extra, seconds = kept
     if settings.validation == "shots":  # retrain the chosen point on all k shots
         x_all, y_all = torch.cat([x_tr, x_val]), torch.cat([y_tr, y_val])
-        model, is_peft, extra, seconds = _train(variant, chosen, settings, labels, x_all, y_all)
-    test = evaluate(model, x_te, y_te, extra)  # once, for the chosen model
+        model, is_peft, extra, seconds = _train(variant, best, settings, labels, x_all, y_all, device)
+    test = evaluate(model, x_te, y_te, extra, bf16=settings.bf16)  # once, for the chosen model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." in n)
     dataset, shots, seed = split
@@ -180,17 +256,17 @@ def run_variant(variant: str, grid: list[Candidate], data, labels, settings: Ben
         variant=variant,
         method=variant.split()[0],
         settings=asdict(settings),
-        grid=[asdict(c) for c in grid],
-        chosen_lr=chosen.learning_rate,
-        chosen_alpha=chosen.alpha,
-        validation_accuracy=best.accuracy,
+        grid=grid_dicts,
+        chosen_lr=best.learning_rate,
+        chosen_alpha=best.alpha,
+        validation_accuracy=best.validation_accuracy,
         test_accuracy=test.accuracy,
         test_images=len(y_te),
         trainable_parameters=trainable,
         adapter_parameters=trainable - head,
         saved_bytes=saved_bytes(model, is_peft),
         train_seconds=round(seconds, 2),
-        wall_seconds=round(time.perf_counter() - start, 2),
+        wall_seconds=round(time.perf_counter() - start + (prior.wall_seconds if prior else 0.0), 2),
     )
 
 
@@ -201,13 +277,33 @@ def default_grid(variant: str, alphas: tuple[float, ...] | None = None) -> list[
     return [Candidate(lr, alpha) for alpha in scales for lr in method.lr_grid]
 
 
-def run_job(job: tuple, variant: str, grid: list[Candidate], settings: BenchSettings) -> RunRecord:
+def run_job(
+    job: tuple,
+    variant: str,
+    grid: list[Candidate],
+    settings: BenchSettings,
+    prior: RunRecord | None = None,
+    device: str = "cpu",
+) -> RunRecord:
     """One variant on one (dataset, k, seed) split (the split's tensors are cached per process)."""
     dataset, k, seed = job
     data, labels = split_tensors(dataset, k, seed, settings)
     return run_variant(
-        variant, [replace(c) for c in grid], data, labels, settings, (dataset, shots_label(k, settings), seed)
+        variant,
+        [replace(c) for c in grid],
+        data,
+        labels,
+        settings,
+        (dataset, shots_label(k, settings), seed),
+        prior,
+        device,
     )
+
+
+def job_key(job: tuple, variant: str, grid: list[Candidate], settings: BenchSettings) -> tuple:
+    """The record key the run of `variant` on the split `job` = (dataset, k, seed) will have."""
+    dataset, k, seed = job
+    return record_key(dataset, shots_label(k, settings), seed, variant, asdict(settings), [asdict(c) for c in grid])
 
 
 def pending(jobs: list[tuple], grids: dict[str, list[Candidate]], settings: BenchSettings, done: set) -> list[tuple]:
@@ -216,11 +312,39 @@ def pending(jobs: list[tuple], grids: dict[str, list[Candidate]], settings: Benc
         (job, variant)
         for job in jobs
         for variant, grid in grids.items()
-        if record_key(
-            job[0], shots_label(job[1], settings), job[2], variant, asdict(settings), [asdict(c) for c in grid]
-        )
-        not in done
+        if job_key(job, variant, grid, settings) not in done
     ]
+
+
+def _rounds(record: RunRecord) -> int:
+    return normalised(record.settings)["extend_edges"]
+
+
+def _key_with_rounds(record: RunRecord, rounds: int) -> tuple:
+    settings = {**normalised(record.settings), "extend_edges": rounds}
+    return record_key(record.dataset, record.shots, record.seed, record.variant, settings, record.grid)
+
+
+def priors(records: list[RunRecord], settings: BenchSettings) -> dict[tuple, RunRecord]:
+    """Records that edge extension can top up (the same run with fewer extension rounds than `settings`), by the key
+    the topped-up record will have; the most extended one where there are several."""
+    out: dict[tuple, RunRecord] = {}
+    for r in records:
+        if _rounds(r) < settings.extend_edges:
+            key = _key_with_rounds(r, settings.extend_edges)
+            if key not in out or _rounds(out[key]) < _rounds(r):
+                out[key] = r
+    return out
+
+
+def superseding(records: list[RunRecord]) -> list[RunRecord]:
+    """One record per run: where a run was topped up by edge extension, only the most extended record."""
+    latest: dict[tuple, RunRecord] = {}
+    for r in records:
+        key = _key_with_rounds(r, 0)
+        if key not in latest or _rounds(latest[key]) <= _rounds(r):
+            latest[key] = r
+    return list(latest.values())
 
 
 def read_records(path: Path) -> list[RunRecord]:
