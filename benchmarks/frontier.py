@@ -10,7 +10,7 @@ validation (`--alphas` × `--adapter_lrs`); test accuracy is measured once per c
 The runs go through `kadapt bench` and append one record per (split, variant) to `--records` (committed under
 benchmarks/results/), so the study stops and resumes anywhere; `--list` prints the variants and their parameters.
 
-    python benchmarks/frontier.py --list
+    python benchmarks/frontier.py --list             # add --vit_b for the same variants' counts on ViT-B/16
     python benchmarks/frontier.py --datasets mnist5k --shots 5,20 --seeds 0,1,2,3,4 \\
         --records benchmarks/results/frontier.jsonl --output_dir outputs/frontier
 """
@@ -38,6 +38,19 @@ TOLERANCE = 1.1  # "about" a budget: up to 10 % over it
 def adapter_parameters(variant: str, model_name_or_path: str, labels: list[str]) -> int:
     model, _ = build_model(parse_variant(variant, model_name_or_path=model_name_or_path), labels)
     return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." not in n)
+
+
+def vit_b_counts(variants: list[str], labels: list[str]) -> dict[str, int]:
+    """Adapter parameters of the same variants on a ViT-B/16-shaped model (hidden 768, 12 blocks, MLP 3072), built
+    with random weights in a temporary folder (the counts depend on the shapes only)."""
+    import tempfile
+
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    with tempfile.TemporaryDirectory() as tmp:
+        ViTForImageClassification(config).save_pretrained(tmp)
+        return {v: adapter_parameters(v, tmp, labels) for v in variants}
 
 
 def budget_variants(budgets: list[int], model_name_or_path: str, labels: list[str]) -> dict[str, int]:
@@ -70,6 +83,7 @@ def main(argv=None) -> None:
     p.add_argument("--budgets", default="20000,80000,150000")
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument("--list", action="store_true", help="print the variants and their adapter parameters, and stop")
+    p.add_argument("--vit_b", action="store_true", help="with --list: also each variant's count on ViT-B/16")
     p.add_argument("--alphas", default="1,4,16")
     p.add_argument("--adapter_lrs", default="1e-3,3e-3,1e-2")
     args, bench_argv = p.parse_known_args(argv)
@@ -79,9 +93,11 @@ def main(argv=None) -> None:
     variants = budget_variants(budgets, args.model_name_or_path, labels)
     variants.setdefault(DEFAULT, adapter_parameters(DEFAULT, args.model_name_or_path, labels))
     if args.list:
-        print("| variant | adapter parameters |\n|---|---|")
+        base = vit_b_counts(list(variants), labels) if args.vit_b else {}
+        print("| variant | adapter parameters |" + (" on ViT-B/16 |" if base else ""))
+        print("|---|---|" + ("---|" if base else ""))
         for variant, count in sorted(variants.items(), key=lambda kv: kv[1]):
-            print(f"| {variant} | {count:,d} |")
+            print(f"| {variant} | {count:,d} |" + (f" {base[variant]:,d} |" if base else ""))
         return
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     bench.quiet()

@@ -204,6 +204,22 @@ def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chosen_settings_markdown(records: list[RunRecord]) -> str:
+    """How often validation chose each (alpha, learning rate) per variant, and how often on the grid's edge."""
+    lines = ["| variant | splits | chosen (alpha, lr): times | at the grid's edge |", "|---|---|---|---|"]
+    for variant in sorted({r.variant for r in records}):
+        runs = [r for r in records if r.variant == variant]
+        counts = defaultdict(int)
+        for r in runs:
+            counts[(r.chosen_alpha, r.chosen_lr)] += 1
+        cells = ", ".join(
+            f"({'-' if a is None else f'{a:g}'}, {lr:g}): {n}"
+            for (a, lr), n in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        )
+        lines.append(f"| {variant} | {len(runs)} | {cells} | {sum(map(at_grid_edge, runs))} |")
+    return "\n".join(lines) + "\n"
+
+
 def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8) -> None:
     """One panel per dataset (test accuracy, mean over its splits, against adapter parameters) and a pooled panel
     (paired difference against `reference` over all splits)."""
@@ -278,6 +294,7 @@ def main(argv=None) -> None:
     print(frontier_markdown(records))
     if args.verdict:
         print(verdict_markdown(records))
+        print(chosen_settings_markdown(records))
     if args.plot:
         frontier_plot(records, Path(args.plot))
 

@@ -72,6 +72,7 @@ def test_verdict_uses_complete_splits_and_topped_up_records(tmp_path, capsys):
     assert "met (+0.015 ± 0.318 over 2 splits)" in out  # +0.04, -0.01 against LoRA r=8
     assert f"not met (kadaptation n=8 r=1 {qv} on d k=5)" in out  # 0.605 is not above the linear probe's 0.61
     assert (tmp_path / "frontier.png").stat().st_size > 1000
+    assert "| linear | 2 | (-, 0.001): 2 | 0 |" in out  # chosen settings: one lr, nothing on an edge
 
 
 def test_chosen_point_on_the_grid_edge():
