@@ -24,7 +24,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from peft_kadapt.training.bench.protocol import RunRecord, read_records, superseding
+from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
 from peft_kadapt.training.bench.report import mean_interval, paired_differences, results_markdown
 
 
@@ -280,10 +280,23 @@ def main(argv=None) -> None:
     p.add_argument("--plot", default=None, help="write the Pareto plot (one panel per dataset, one pooled) here")
     p.add_argument("--all_splits", action="store_true", help="also use splits some variant has no record on")
     p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="SETTING",
+        help="name variants with this setting too, e.g. --label warmup_steps, to compare records that differ in it",
+    )
+    p.add_argument(
         "--reference", default="lora r=8 targets=q_proj+v_proj", help="variant the results table pairs against"
     )
     args = p.parse_args(argv)
     records = superseding([r for path in args.records for r in read_records(Path(path))])
+    for r in records:
+        settings = normalised(r.settings)
+        for name in args.label:
+            if name not in settings:
+                raise SystemExit(f"--label {name}: not a benchmark setting; one of {sorted(settings)}.")
+            r.variant = f"{r.variant} [{name}={settings[name]}]"
     if args.map:
         print(alpha_lr_map_markdown(records))
         return

@@ -87,3 +87,15 @@ def test_chosen_point_on_the_grid_edge():
     ]
     inside.grid = grid
     assert not tables.at_grid_edge(inside)
+
+
+def test_label_names_variants_by_a_setting_so_they_can_be_paired(tmp_path, capsys):
+    plain = [record("lora r=8", s, t, 147_456) for s, t in ((0, 0.50), (1, 0.60))]
+    warm = [record("lora r=8", s, t, 147_456) for s, t in ((0, 0.52), (1, 0.61))]
+    for r in warm:
+        r.settings = {**r.settings, "warmup_steps": 10}
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in [*plain, *warm]))
+    tables.main([str(path), "--label", "warmup_steps", "--reference", "lora r=8 [warmup_steps=0]"])
+    out = capsys.readouterr().out
+    assert "| pooled | lora r=8 [warmup_steps=10] | 2 | 0.015 ± 0.064 | 2 / 0 / 0 |" in out
