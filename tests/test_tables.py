@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -99,3 +100,18 @@ def test_label_names_variants_by_a_setting_so_they_can_be_paired(tmp_path, capsy
     tables.main([str(path), "--label", "warmup_steps", "--reference", "lora r=8 [warmup_steps=0]"])
     out = capsys.readouterr().out
     assert "| pooled | lora r=8 [warmup_steps=10] | 2 | 0.015 ± 0.064 | 2 / 0 / 0 |" in out
+
+
+def test_the_tables_in_the_docs_are_what_the_committed_records_give(capsys):
+    """Every block of docs/benchmarks.md between `<!-- tables: ARGS -->` and `<!-- /tables -->` is the output of
+    `python benchmarks/tables.py ARGS` on the committed records (ARGS name files relative to the repository)."""
+    docs = (Path(__file__).parents[1] / "docs" / "benchmarks.md").read_text()
+    blocks = docs.split("<!-- tables: ")[1:]
+    assert blocks, "docs/benchmarks.md has no generated table block"
+    for block in blocks:
+        args, _, rest = block.partition(" -->\n")
+        expected = rest.split("<!-- /tables -->")[0]
+        root = Path(__file__).parents[1]
+        argv = [str(root / a) if a.startswith("benchmarks/") else a for a in shlex.split(args)]
+        tables.main(argv)
+        assert capsys.readouterr().out.strip() == expected.strip(), f"docs block `{args}` differs from its records"

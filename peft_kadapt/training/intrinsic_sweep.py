@@ -214,14 +214,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
             "validation_curve": {d: r.accuracy for d, r in zip(dims, curve)},
             "test_curve": test,
         }
-    ranked = sorted(
-        groups,
-        key=lambda g: (
-            summary[g]["d90"] is None,
-            summary[g]["d90"] or 0,
-            -summary[g]["reference_validation_accuracy"],
-        ),
-    )
+    ranked = rank_groups(summary)
     recommended_targets = sorted({n.rsplit(".", 2)[-2] for g in ranked[:2] for n in group_names[g]})
     setting = recommend_config(model, recommended_targets, args.parameter_budget)
     out = {
@@ -240,6 +233,28 @@ def run_sweep(args: argparse.Namespace) -> dict:
     }
     write_outputs(out, Path(args.output_dir))
     return out
+
+
+def _gain_over_head_only(entry: dict) -> float | None:
+    """Reference minus the head-only (d = 0) validation accuracy; None without a d = 0 run (keys 0 or "0" in JSON)."""
+    curve = entry.get("validation_curve", {})
+    head = curve.get(0, curve.get("0"))
+    return None if head is None else entry["reference_validation_accuracy"] - head
+
+
+def rank_groups(summary: dict) -> list[str]:
+    """Groups, most worth adapting first: those whose reference beats the head alone (d = 0) on validation before
+    those it does not (a d90 of 0 there means adapting the group adds nothing, not that it is easy to adapt), then the
+    lower d90 (a d90 not reached last), then the higher reference. Works on a saved `intrinsic_dim.json` summary."""
+    return sorted(
+        summary,
+        key=lambda g: (
+            not (_gain_over_head_only(summary[g]) or 0) > 0,
+            summary[g]["d90"] is None,
+            summary[g]["d90"] or 0,
+            -summary[g]["reference_validation_accuracy"],
+        ),
+    )
 
 
 def write_outputs(out: dict, output_dir: Path) -> None:
@@ -263,6 +278,11 @@ def write_outputs(out: dict, output_dir: Path) -> None:
     )
     lines.append("| **d90** | " + " | ".join(str(summary[g]["d90"]) for g in groups) + " |")
     lines.append("| d90 per seed | " + " | ".join(str(summary[g]["d90_per_seed"]) for g in groups) + " |")
+    gains = [_gain_over_head_only(summary[g]) for g in groups]
+    if any(x is not None for x in gains):
+        lines.append(
+            "| reference − head only (d = 0) | " + " | ".join("-" if x is None else f"{x:+.3f}" for x in gains) + " |"
+        )
     setting = out["recommended_setting"]
     lines += [
         "",
