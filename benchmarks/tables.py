@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
@@ -280,6 +281,13 @@ def main(argv=None) -> None:
     p.add_argument("--plot", default=None, help="write the Pareto plot (one panel per dataset, one pooled) here")
     p.add_argument("--all_splits", action="store_true", help="also use splits some variant has no record on")
     p.add_argument(
+        "--until",
+        default=None,
+        metavar="TIME",
+        help="only records finished at or before this UTC time (ISO, e.g. 2026-11-29T18:00:00): a table in the docs "
+        "stays reproducible while the study appends records",
+    )
+    p.add_argument(
         "--label",
         action="append",
         default=[],
@@ -290,7 +298,11 @@ def main(argv=None) -> None:
         "--reference", default="lora r=8 targets=q_proj+v_proj", help="variant the results table pairs against"
     )
     args = p.parse_args(argv)
-    records = superseding([r for path in args.records for r in read_records(Path(path))])
+    records = [r for path in args.records for r in read_records(Path(path))]
+    if args.until:
+        until = datetime.fromisoformat(args.until).replace(tzinfo=timezone.utc)
+        records = [r for r in records if datetime.fromisoformat(r.finished) <= until]
+    records = superseding(records)
     for r in records:
         settings = normalised(r.settings)
         for name in args.label:
