@@ -43,6 +43,10 @@ def budget_class(adapter_parameters: int, budgets=BUDGETS) -> int | None:
     return next((b for b in budgets if adapter_parameters <= TOLERANCE * b), None)
 
 
+def _signed(mean: float, half: float) -> str:
+    return f"{mean:+.3f} ± {half:.3f}" if half == half else f"{mean:+.3f} (one split)"
+
+
 def _pm(mean: float, half: float) -> str:
     return f"{mean:.3f} ± {half:.3f}" if half == half else f"{mean:.3f} (one split)"
 
@@ -68,7 +72,7 @@ def frontier_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
             runs = [r for r in group if r.variant == variant]
             mean, half = mean_interval([r.test_accuracy for r in runs])
             p = paired.get(variant)
-            versus = f"{p['difference']:+.3f} ± {p['interval']:.3f} ({lora[0]})" if p else "-"
+            versus = f"{_signed(p['difference'], p['interval'])} ({lora[0]})" if p else "-"
             label = f"~{budget // 1000}k" if budget else "reference"
             lines.append(
                 f"| {label} | {dataset} | {px} | {shots} | {variant} | {runs[0].adapter_parameters:,d} "
@@ -145,9 +149,7 @@ def comparisons(records: list[RunRecord], budgets=BUDGETS) -> list[dict]:
 
 
 def _diff(row: dict) -> str:
-    half = row["interval"]
-    text = f"{row['difference']:+.3f} ± {half:.3f}" if half == half else f"{row['difference']:+.3f} (one split)"
-    return f"{text} | {row['wins']} / {row['ties']} / {row['losses']}"
+    return f"{_signed(row['difference'], row['interval'])} | {row['wins']} / {row['ties']} / {row['losses']}"
 
 
 def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
