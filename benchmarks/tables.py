@@ -81,6 +81,14 @@ def frontier_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cell(values: list[float] | None, splits: int) -> str:
+    """Mean validation accuracy of a grid point; with the number of splits when it was tried on fewer than all (an
+    edge-extension point)."""
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):.3f}" + ("" if len(values) == splits else f" ({len(values)})")
+
+
 def alpha_lr_map_markdown(records: list[RunRecord]) -> str:
     """Validation accuracy of every (alpha, learning rate) grid point, mean over splits, one table per variant."""
     out = []
@@ -95,10 +103,10 @@ def alpha_lr_map_markdown(records: list[RunRecord]) -> str:
         if not alphas:
             continue
         splits = len([r for r in records if r.variant == variant])
-        out += [f"{variant} (validation accuracy, mean over {splits} split(s)):", ""]
+        out += [f"{variant} (validation accuracy, mean over {splits} split(s); (n): tried on n splits only):", ""]
         out += ["| alpha \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
         for a in alphas:
-            row = [f"{statistics.mean(cells[(a, lr)]):.3f}" if cells.get((a, lr)) else "-" for lr in lrs]
+            row = [_cell(cells.get((a, lr)), splits) for lr in lrs]
             out.append(f"| {a:g} | " + " | ".join(row) + " |")
         out.append("")
     return "\n".join(out)

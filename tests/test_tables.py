@@ -115,3 +115,15 @@ def test_the_tables_in_the_docs_are_what_the_committed_records_give(capsys):
         argv = [str(root / a) if a.startswith("benchmarks/") else a for a in shlex.split(args)]
         tables.main(argv)
         assert capsys.readouterr().out.strip() == expected.strip(), f"docs block `{args}` differs from its records"
+
+
+def test_map_marks_points_tried_on_fewer_splits():
+    def grid(*points):
+        return [
+            {"learning_rate": lr, "alpha": 1.0, "validation_accuracy": v, "validation_loss": 1.0} for lr, v in points
+        ]
+
+    a = record("lora r=1", 0, 0.5, 1, grid((1e-3, 0.2), (1e-2, 0.4)))
+    b = record("lora r=1", 1, 0.5, 1, grid((1e-3, 0.4), (1e-2, 0.6), (3.33e-2, 0.7)))  # one extension point
+    out = tables.alpha_lr_map_markdown([a, b])
+    assert "| 1 | 0.300 | 0.500 | 0.700 (1) |" in out
