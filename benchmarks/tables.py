@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
-from peft_kadapt.training.bench.report import mean_interval, paired_differences, results_markdown
+from peft_kadapt.training.bench.report import mean_interval, paired_differences, results_markdown, summarise
 
 
 BUDGETS = (20_000, 80_000, 150_000)
@@ -59,8 +59,7 @@ def frontier_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
     ]
     groups = defaultdict(list)
     for r in records:
-        budget = None if r.method in REFERENCES else budget_class(r.adapter_parameters, budgets)
-        groups[(budget, r.dataset, r.settings["resolution"], str(r.shots))].append(r)
+        groups[(class_of(r, budgets), r.dataset, r.settings["resolution"], str(r.shots))].append(r)
     for (budget, dataset, px, shots), group in sorted(groups.items(), key=lambda kv: (kv[0][0] or 0, *kv[0][1:])):
         # the class's LoRA: the one on q/v when the class has several
         lora = sorted({r.variant for r in group if r.method == "lora"}, key=lambda v: ("q_proj+v_proj" not in v, v))
@@ -194,22 +193,21 @@ def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
             met = "met" if row["difference"] >= 0 else "not met"
             lines.append(
                 f"- {row['variant']} (≤ ¼ of {LORA_R8}'s adapter parameters) reaches its accuracy (pooled mean paired "
-                f"difference ≥ 0): {met} ({_diff(row).split(' |')[0]} over {row['splits']} splits)."
+                f"difference ≥ 0): {met} ({_signed(row['difference'], row['interval'])} over {row['splits']} splits)."
             )
-    linear = defaultdict(list)
-    kadapt = defaultdict(list)
-    for r in records:
-        key = (r.dataset, r.settings["resolution"], str(r.shots))
-        if r.method == "linear":
-            linear[key].append(r.test_accuracy)
-        elif r.method == "kadaptation":
-            kadapt[(key, r.variant)].append(r.test_accuracy)
+    rows = summarise(records)
+    linear = {
+        (t["dataset"], t["resolution"], t["shots"]): t["mean"] for t in rows if t["variant"].split()[0] == "linear"
+    }
+    kadapt = sorted(
+        ((t["dataset"], t["resolution"], t["shots"]), t["variant"], t["mean"])
+        for t in rows
+        if t["variant"].split()[0] == "kadaptation"
+    )
     below = [
-        f"{variant} on {key[0]} k={key[2]}"
-        for (key, variant), values in sorted(kadapt.items())
-        if key in linear and statistics.mean(values) <= statistics.mean(linear[key])
+        f"{variant} on {key[0]} k={key[2]}" for key, variant, mean in kadapt if key in linear and mean <= linear[key]
     ]
-    cells = sum(key in linear for key, _ in kadapt)
+    cells = sum(key in linear for key, _, _ in kadapt)
     met = "met" if not below else f"not met ({'; '.join(below)})"
     lines.append(f"- every KAdaptation variant above the linear probe (mean test accuracy, {cells} cells): {met}.")
     return "\n".join(lines) + "\n"
@@ -265,7 +263,7 @@ def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8
             mean, half = mean_interval([r.test_accuracy for r in runs])
             points.append((variant, runs[0].adapter_parameters, mean, half))
         ax.set_xlim(1e4, 3e5)
-        draw(ax, [p for p in points if p[1] > 0 and p[1] < 1e6] + [p for p in points if not 0 < p[1] < 1e6])
+        draw(ax, points)
         pxs = sorted({r.settings["resolution"] for r in group})
         ax.set_title(f"{dataset}, {'/'.join(map(str, pxs))} px, {len({_split(r) for r in group})} splits", fontsize=8)
         ax.set_ylabel("test accuracy (mean ± 95 % CI)", fontsize=7)

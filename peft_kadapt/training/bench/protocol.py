@@ -328,13 +328,8 @@ def _key_with_rounds(record: RunRecord, rounds: int) -> tuple:
 def priors(records: list[RunRecord], settings: BenchSettings) -> dict[tuple, RunRecord]:
     """Records that edge extension can top up (the same run with fewer extension rounds than `settings`), by the key
     the topped-up record will have; the most extended one where there are several."""
-    out: dict[tuple, RunRecord] = {}
-    for r in records:
-        if _rounds(r) < settings.extend_edges:
-            key = _key_with_rounds(r, settings.extend_edges)
-            if key not in out or _rounds(out[key]) < _rounds(r):
-                out[key] = r
-    return out
+    fewer = [r for r in records if _rounds(r) < settings.extend_edges]
+    return {_key_with_rounds(r, settings.extend_edges): r for r in superseding(fewer)}
 
 
 def superseding(records: list[RunRecord]) -> list[RunRecord]:
