@@ -63,6 +63,7 @@ def test_smoke_run_writes_records_table_plot_and_speed_and_resumes(tiny_backbone
     assert speed["lora r=8"]["step_ratio"] == 1.0
     table = (out / "results.md").read_text()
     assert "| digits | 32 | 5 | kadaptation n=8 |" in table and "± " in table and "step / lora r=8" in table
+    assert "Training step time and memory (32 px, batch 16, cpu):" in table
     assert (out / "pareto.png").stat().st_size > 1000
 
     import peft_kadapt.training.bench.protocol as protocol
@@ -167,6 +168,7 @@ def test_validation_pool_is_disjoint_from_shots_and_test():
         (["--methods", "linear", "--grid", "lora r=8=1e-3"], "expected VARIANT=LR,LR with VARIANT one of"),
         (["--methods", "linear", "--grid", "linear=fast"], r"--grid 'fast': expected comma-separated numbers"),
         (["--shots", "five"], r"--shots 'five': expected comma-separated integers"),
+        (["--resolution", "56px"], r"--resolution '56px': expected a size in pixels \(e.g. 112\) or auto"),
     ],
 )
 def test_bench_argument_errors(tiny_backbone, tmp_path, extra, message):
@@ -178,7 +180,26 @@ def test_downscaling_more_than_twice_warns(tmp_path):
     from peft_kadapt.training.bench.cli import warn_on_downscaling
 
     with pytest.warns(UserWarning, match=r"textiles: images of 250x250 px are shrunk to 56 px .*--resolution 224"):
-        warn_on_downscaling(["textiles"], 56)
+        warn_on_downscaling({"textiles": 56})
+
+
+def test_auto_resolution_keeps_small_images_at_56_px_and_gives_large_ones_112(tiny_backbone, tmp_path):
+    from peft_kadapt.training.bench.cli import resolutions
+
+    assert resolutions(["digits", "mnist5k", "textiles"], "auto") == {"digits": 56, "mnist5k": 56, "textiles": 112}
+    assert resolutions(["digits", "textiles"], "32") == {"digits": 32, "textiles": 32}
+    out = tmp_path / "out"
+    args = bench_args(tiny_backbone, out, "--datasets", "digits,textiles", "--shots", "5", "--seeds", "0")
+    args[args.index("--resolution") + 1] = "auto"
+    with pytest.warns(UserWarning, match=r"textiles: images of 250x250 px are shrunk to 112 px"):
+        kadapt([*args, "--methods", "linear", "--workers", "1", "--speed_rounds", "0"])
+    records = read_records(out / "records.jsonl")
+    assert {(r.dataset, r.settings["resolution"]) for r in records} == {("digits", 56), ("textiles", 112)}
+    table = (out / "results.md").read_text()
+    assert "| digits | 56 | 5 | linear |" in table and "| textiles | 112 | 5 | linear |" in table
+    with pytest.warns(UserWarning, match="textiles"):
+        kadapt([*args, "--methods", "linear", "--workers", "1", "--speed_rounds", "0"])  # resumes: nothing new
+    assert len(read_records(out / "records.jsonl")) == 2
 
 
 def _record(variant, seed, accuracy, dataset="d", shots=5):
@@ -233,9 +254,9 @@ def test_records_written_before_a_setting_existed_still_resume():
     old = {k: v for k, v in asdict(settings).items() if k != "warmup_steps"}  # as written before warm-up existed
     grid = [Candidate(1e-3)]
     done = {record_key("digits", 5, 0, "linear", old, [asdict(c) for c in grid])}
-    assert pending([("digits", 5, 0)], {"linear": grid}, settings, done) == []
+    assert pending([("digits", 5, 0)], {"linear": grid}, {"digits": settings}, done) == []
     changed = BenchSettings(model_name_or_path="m", warmup_steps=5)
-    assert pending([("digits", 5, 0)], {"linear": grid}, changed, done) == [(("digits", 5, 0), "linear")]
+    assert pending([("digits", 5, 0)], {"linear": grid}, {"digits": changed}, done) == [(("digits", 5, 0), "linear")]
 
 
 def test_edge_neighbours_step_past_the_chosen_edge_on_each_axis():

@@ -306,13 +306,15 @@ def job_key(job: tuple, variant: str, grid: list[Candidate], settings: BenchSett
     return record_key(dataset, shots_label(k, settings), seed, variant, asdict(settings), [asdict(c) for c in grid])
 
 
-def pending(jobs: list[tuple], grids: dict[str, list[Candidate]], settings: BenchSettings, done: set) -> list[tuple]:
-    """(split, variant) pairs without a record in `done` (record keys), split-major."""
+def pending(
+    jobs: list[tuple], grids: dict[str, list[Candidate]], settings: dict[str, BenchSettings], done: set
+) -> list[tuple]:
+    """(split, variant) pairs without a record in `done` (record keys), split-major; `settings` by dataset."""
     return [
         (job, variant)
         for job in jobs
         for variant, grid in grids.items()
-        if job_key(job, variant, grid, settings) not in done
+        if job_key(job, variant, grid, settings[job[0]]) not in done
     ]
 
 

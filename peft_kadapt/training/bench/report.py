@@ -99,7 +99,9 @@ def _pm(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if not math.isnan(half) else f"{mean:.{digits}f} (one split)"
 
 
-def results_markdown(records: list[RunRecord], speed: dict | None = None, reference: str = "lora r=8") -> str:
+def results_markdown(
+    records: list[RunRecord], speed: dict | None = None, reference: str = "lora r=8", speed_shape: str = ""
+) -> str:
     table = summarise(records)
     lines = [
         "| dataset | px | k | variant | test accuracy (mean ± 95 % CI) | seeds | trainable (adapter) | saved | train s "
@@ -130,6 +132,8 @@ def results_markdown(records: list[RunRecord], speed: dict | None = None, refere
     if speed:
         ref = next((name for name, s in speed.items() if s["step_ratio"] == 1.0), reference)
         lines += [
+            "",
+            f"Training step time and memory{' (' + speed_shape + ')' if speed_shape else ''}:",
             "",
             f"| variant | step (ms) | step / {ref} | training memory (MiB) | memory / {ref} |",
             "|---|---|---|---|---|",
