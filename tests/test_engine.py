@@ -67,6 +67,29 @@ def test_engine_and_trainer_reach_the_same_weights(recipe):
     assert moved >= 10  # every adapter factor and the head trained
 
 
+def test_prefix_learning_rates_set_the_rate_of_the_parameters_they_name():
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 3, 32, 32), torch.randint(0, 3, (20,))
+
+    def trained(recipe):
+        transformers.set_seed(0)
+        model = get_peft_model(make_vit(), peft_kadapt.KAdaptationConfig(n=4, modules_to_save=["classifier"]))
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        fit(model, x, y, recipe)
+        return before, dict(model.named_parameters())
+
+    before, after = trained(Recipe(1e-2, max_steps=3, batch_size=8, prefix_learning_rates=(("base_model.model.classifier", 0.0),)))  # fmt: skip
+    head = [n for n in before if ".classifier." in n]
+    assert head and all(torch.equal(before[n], after[n]) for n in head)  # a rate of 0: the head did not move
+    assert all(not torch.equal(before[n], after[n]) for n in before if "kadapt_" in n and ".classifier." not in n)
+    _, every = trained(Recipe(3e-3, max_steps=3, batch_size=8, weight_decay=0.1, prefix_learning_rates=(("", 1e-2),)))
+    _, plain = trained(Recipe(1e-2, max_steps=3, batch_size=8, weight_decay=0.1))
+    for name in before:  # a prefix matching every parameter is the same as that learning rate, schedule and decay
+        torch.testing.assert_close(every[name], plain[name], msg=name)
+    with pytest.raises(ValueError, match="prefix_learning_rates: the Trainer trains every parameter at one"):
+        Recipe(1e-3, 3, prefix_learning_rates=(("", 1e-2),)).training_arguments("unused")
+
+
 SPLIT = "--shots 5 --test_per_class 7 --resolution 32".split()
 
 

@@ -265,6 +265,51 @@ def test_every_choice_is_made_on_validation_and_the_budget_rules(tiny_backbone, 
     assert setting["parameters"] <= 600 and setting["n"] != 8  # n = 8 costs 2 x 8³ + 256 > 600
 
 
+def test_full_reference_learning_rate_is_chosen_on_validation_and_a_sweep_resumes(
+    tiny_backbone, tmp_path, monkeypatch
+):
+    import peft_kadapt.training.intrinsic_sweep as sweep
+
+    calls = []
+
+    def subspace(model, names, d, *args, **kwargs):
+        calls.append(("subspace", d))
+        return {0: 0.5, 10: 0.8, 100: 0.95}[d], 0.0
+
+    def full(model, names, data, recipe, *args, **kwargs):
+        calls.append(("full", recipe.learning_rate))
+        assert recipe.prefix_learning_rates == (("classifier.", 1e-2),)  # the head at --lr, as in subspace runs
+        return {1e-5: 0.7, 1e-4: 1.0, 1e-3: 0.2}[recipe.learning_rate], 1.0  # test accuracy would pick 1e-3
+
+    monkeypatch.setattr(sweep, "subspace_run", subspace)
+    monkeypatch.setattr(sweep, "full_run", full)
+    out = tmp_path / "out"
+    common = ["intrinsic-dim", "--model_name_or_path", tiny_backbone, "--dataset_name", "digits", "--resolution", "32",
+              "--dims", "0,10,100", "--test_per_class", "5", "--val_per_class", "3", "--group", "qv=\\.(q_proj|v_proj)$",
+              "--seeds", "0,1", "--reference", "full", "--output_dir", str(out)]  # fmt: skip
+    kadapt([*common, "--full_lr", "1e-5,1e-3"])
+    data = json.loads((out / "intrinsic_dim.json").read_text())
+    assert sorted(calls) == sorted([("subspace", d) for d in (0, 10, 100)] * 2 + [("full", 1e-5), ("full", 1e-3)] * 2)
+    qv = data["summary"]["qv"]
+    assert (qv["reference_learning_rate"], qv["reference_validation_accuracy"], qv["d90"]) == (1e-5, 0.7, 10)
+    assert "| reference learning rate (chosen on validation) | 1e-05 |" in (out / "intrinsic_dim.md").read_text()
+
+    calls.clear()  # a new learning rate trains only its own runs; the rest come from runs.jsonl
+    kadapt([*common, "--full_lr", "1e-5,1e-4,1e-3"])
+    data = json.loads((out / "intrinsic_dim.json").read_text())
+    assert sorted(calls) == [("full", 1e-4), ("full", 1e-4)]
+    qv = data["summary"]["qv"]
+    assert (qv["reference_learning_rate"], qv["reference_validation_accuracy"], qv["d90"]) == (1e-4, 1.0, 100)
+    assert qv["d90_per_seed"] == [100, 100] and len(data["reference_runs"]) == 6
+
+    (out / "runs.jsonl").unlink()  # a finished sweep's intrinsic_dim.json is reused too
+    calls.clear()
+    kadapt([*common, "--full_lr", "1e-4"])
+    assert calls == []
+    kadapt([*common, "--full_lr", "1e-4", "--steps", "7"])  # other settings: nothing is reused
+    assert sorted(calls) == sorted([("subspace", d) for d in (0, 10, 100)] * 2 + [("full", 1e-4)] * 2)
+
+
 @pytest.mark.parametrize(
     "flag, value, message",
     [
@@ -272,6 +317,7 @@ def test_every_choice_is_made_on_validation_and_the_budget_rules(tiny_backbone, 
         ("--group", "qv=(", r"--group 'qv=\(': '\(' is not a valid regular expression"),
         ("--dims", "0,ten", r"--dims '0,ten': expected comma-separated non-negative integers"),
         ("--dims", "-5,10", r"d must be >= 0"),
+        ("--full_lr", "1e-4,fast", r"--full_lr '1e-4,fast': expected comma-separated positive learning rates"),
     ],
 )
 def test_argument_errors_name_the_flag(tiny_backbone, tmp_path, flag, value, message):

@@ -41,11 +41,19 @@ class Recipe:
     max_grad_norm: float = 1.0
     seed: int = 0
     bf16: bool = False
+    # (name prefix, learning rate): parameters whose name starts with the prefix train at that rate instead of
+    # `learning_rate` (first match wins). `fit` only: the Trainer takes one rate.
+    prefix_learning_rates: tuple[tuple[str, float], ...] = ()
 
     def training_arguments(self, output_dir: str, **overrides):
         """`transformers.TrainingArguments` that train with this recipe (plus `overrides`, e.g. evaluation)."""
         from transformers import TrainingArguments
 
+        if self.prefix_learning_rates:
+            raise ValueError(
+                "Recipe.prefix_learning_rates: the Trainer trains every parameter at one learning rate; "
+                "use `fit` for per-parameter rates."
+            )
         settings = dict(
             output_dir=output_dir,
             learning_rate=self.learning_rate,
@@ -74,15 +82,22 @@ def optimizer_and_schedule(model: nn.Module, recipe: Recipe):
     """The Trainer's optimiser (class, arguments, weight-decay groups) and schedule for `recipe`."""
     from transformers import Trainer, get_scheduler
 
-    args = replace(recipe, bf16=False).training_arguments(output_dir="unused")  # precision does not change these
+    args = replace(recipe, bf16=False, prefix_learning_rates=()).training_arguments(output_dir="unused")
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     decay = set(Trainer.get_decay_parameter_names(None, model))
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("The model has no trainable parameter: nothing to fit.")
-    groups = [
-        {"params": [p for n, p in trainable if n in decay], "weight_decay": recipe.weight_decay},
-        {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
+
+    def rate(name: str) -> float:
+        return next(
+            (lr for prefix, lr in recipe.prefix_learning_rates if name.startswith(prefix)), recipe.learning_rate
+        )
+
+    groups = [  # the Trainer's two weight-decay groups, each split by learning rate when prefixes set other rates
+        {"params": [p for n, p in trainable if (n in decay) == decays and rate(n) == lr], "weight_decay": wd, "lr": lr}
+        for decays, wd in ((True, recipe.weight_decay), (False, 0.0))
+        for lr in dict.fromkeys([recipe.learning_rate, *(lr for _, lr in recipe.prefix_learning_rates)])
     ]
     optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
     schedule = get_scheduler(

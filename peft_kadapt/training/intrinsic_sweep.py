@@ -6,6 +6,12 @@ recommended groups. Test accuracy is measured for every run and reported, never 
 is read off the mean validation curve over seeds. Learning rates: `--lr` is the head's and θ_d's at d = `--lr_ref_d`;
 for larger d the projection is scaled by sqrt(lr_ref_d / d), which with Adam is the same as scaling θ_d's learning
 rate, so that a large subspace does not take larger steps in weight space (‖P Δθ_d‖ grows like sqrt(d) otherwise).
+With `--reference full` every group is fine-tuned at each `--full_lr` (the head at `--lr`, as in the subspace runs),
+and the learning rate with the best mean validation accuracy gives the group's reference.
+
+Every run is appended to OUTPUT_DIR/runs.jsonl as it finishes; started again into the same folder with the same
+settings, the command reuses the runs it finds there (and in a finished intrinsic_dim.json), so a sweep resumes and a
+new `--full_lr` or `--dims` value trains only what is new.
 """
 
 from __future__ import annotations
@@ -61,7 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-2, help="for the head, and for θ_d at d = --lr_ref_d")
     p.add_argument("--lr_ref_d", type=int, default=100, help="d above which θ_d's step is scaled by sqrt(ref/d)")
-    p.add_argument("--full_lr", type=float, default=1e-4, help="for the 'full' reference")
+    p.add_argument(
+        "--full_lr",
+        default="1e-5,3e-5,1e-4",
+        help="comma-separated learning rates for the 'full' reference; validation chooses one per group",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated sampling seeds (d90 from the mean curve)")
     p.add_argument("--parameter_budget", type=int, default=None, help="recommend n, r within this many parameters")
     p.add_argument("--output_dir", default="outputs/intrinsic_dim")
@@ -82,6 +92,56 @@ def parse_groups(specs: list[str] | None) -> dict[str, str]:
             raise ValueError(f"--group {spec!r}: {regex!r} is not a valid regular expression ({error}).") from None
         groups[name] = regex
     return groups
+
+
+def parse_lrs(text: str) -> list[float]:
+    try:
+        lrs = [float(x) for x in text.split(",")]
+    except ValueError:
+        lrs = []
+    if not lrs or any(not lr > 0 for lr in lrs):
+        raise ValueError(f"--full_lr {text!r}: expected comma-separated positive learning rates, e.g. 1e-5,1e-4.")
+    return lrs
+
+
+RUN_SETTINGS = (
+    "model_name_or_path",
+    "dataset_name",
+    "shots",
+    "val_per_class",
+    "test_per_class",
+    "resolution",
+    "steps",
+    "batch_size",
+    "lr",
+    "lr_ref_d",
+)
+
+
+def run_identity(args: argparse.Namespace, seeds: list[int]) -> dict:
+    """What decides a run's outcome besides its group, d or learning rate, and seed (the head starts from seeds[0])."""
+    return {**{k: getattr(args, k) for k in RUN_SETTINGS}, "head_seed": seeds[0]}
+
+
+def previous_runs(output_dir: Path, identity: dict, groups: dict[str, str]) -> dict[tuple, dict]:
+    """Runs recorded in `output_dir` (runs.jsonl, and a finished intrinsic_dim.json) with these settings, by key:
+    ("subspace", group, d, seed) or ("full", group, learning rate, seed). A group counts only with the same regex."""
+    found = []
+    if (output_dir / "intrinsic_dim.json").exists():
+        done = json.loads((output_dir / "intrinsic_dim.json").read_text())
+        settings = done["settings"]
+        same = {**{k: settings.get(k) for k in RUN_SETTINGS}, "head_seed": done["seeds"][0]} == identity
+        found += [{"kind": "subspace", **r, "regex": done["groups"][r["group"]]} for r in done["runs"] if same] + [
+            {**r, "regex": done["groups"][r["group"]]} for r in done.get("reference_runs", []) if same
+        ]
+    if (output_dir / "runs.jsonl").exists():
+        lines = (output_dir / "runs.jsonl").read_text().splitlines()
+        found += [r for r in map(json.loads, lines) if r.pop("settings") == identity]
+    return {_run_key(r): r for r in found if groups.get(r["group"]) == r["regex"]}
+
+
+def _run_key(r: dict) -> tuple:
+    return (r["kind"], r["group"], r["d"] if r["kind"] == "subspace" else r["learning_rate"], r["seed"])
 
 
 def parse_dims(text: str) -> list[int]:
@@ -151,6 +211,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     groups, dims = parse_groups(args.group), parse_dims(args.dims)
+    full_lrs = parse_lrs(args.full_lr) if args.reference == "full" else parse_lrs(args.full_lr)[:0]  # errors early
     seeds = [int(s) for s in args.seeds.split(",")]
     source = load_image_dataset(args.dataset_name)
     labels = source["train"].features["label"].names
@@ -168,8 +229,19 @@ def run_sweep(args: argparse.Namespace) -> dict:
         if dims[-1] > D:
             raise ValueError(f"--dims: d={dims[-1]} is larger than group {g!r}'s parameter count D={D:,d}.")
 
+    output_dir = Path(args.output_dir)
+    identity = run_identity(args, seeds)
+    previous = previous_runs(output_dir, identity, groups)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    def record(run: dict) -> dict:  # one line per run as it finishes: a stopped sweep resumes
+        run = {**run, "regex": groups[run["group"]]}
+        with open(output_dir / "runs.jsonl", "a") as f:
+            f.write(json.dumps({**run, "settings": identity}) + "\n")
+        return run
+
     results: list[RunResult] = []
-    references: dict[tuple[str, int], float] = {}
+    reference_runs: list[dict] = []
     for seed in tqdm(seeds, desc="seeds"):
         splits = few_shot(
             source, args.shots, seed=seed, test_per_class=args.test_per_class, val_pool=args.val_per_class
@@ -179,18 +251,36 @@ def run_sweep(args: argparse.Namespace) -> dict:
         head_only = None
         for g in tqdm(groups, desc="groups", leave=False):
             for d in dims:
-                t = time.perf_counter()
-                if d == 0 and head_only is not None:  # d = 0 trains the head alone: the same run for every group
-                    val, test = head_only
-                else:
-                    scale = min(1.0, math.sqrt(args.lr_ref_d / d)) if d else 1.0
-                    val, test = subspace_run(model, group_names[g], d, data, recipe, extra, scale, head)
-                    head_only = (val, test) if d == 0 else head_only
-                results.append(RunResult(g, d, sizes[g], val, round(time.perf_counter() - t, 1), test, seed))
-                logger.info("seed %d %s d=%d: validation %.4f, test %.4f", seed, g, d, val, test)
-            if args.reference == "full":
-                full = Recipe(args.full_lr, args.steps, args.batch_size, weight_decay=0.0, seed=seed)
-                references[(g, seed)] = full_run(model, group_names[g], data, full, extra, head)[0]
+                key = ("subspace", g, d, seed)
+                if key not in previous:
+                    t = time.perf_counter()
+                    if d == 0 and head_only is not None:  # d = 0 trains the head alone: the same run for every group
+                        val, test = head_only
+                    else:
+                        scale = min(1.0, math.sqrt(args.lr_ref_d / d)) if d else 1.0
+                        val, test = subspace_run(model, group_names[g], d, data, recipe, extra, scale, head)
+                    seconds = round(time.perf_counter() - t, 1)
+                    previous[key] = record(
+                        {"kind": "subspace", "group": g, "d": d, "D": sizes[g], "accuracy": val, "seconds": seconds}
+                        | {"test_accuracy": test, "seed": seed}
+                    )
+                    logger.info("seed %d %s d=%d: validation %.4f, test %.4f", seed, g, d, val, test)
+                r = previous[key]
+                head_only = (r["accuracy"], r["test_accuracy"]) if d == 0 else head_only
+                results.append(RunResult(g, d, sizes[g], r["accuracy"], r["seconds"], r["test_accuracy"], seed))
+            for lr in full_lrs:
+                key = ("full", g, lr, seed)
+                if key not in previous:
+                    t = time.perf_counter()
+                    head_lr = ((HEAD + ".", args.lr),)  # the head trains as in every subspace run
+                    full = Recipe(lr, args.steps, args.batch_size, 0.0, seed=seed, prefix_learning_rates=head_lr)
+                    val, test = full_run(model, group_names[g], data, full, extra, head)
+                    previous[key] = record(
+                        {"kind": "full", "group": g, "learning_rate": lr, "accuracy": val, "test_accuracy": test}
+                        | {"seconds": round(time.perf_counter() - t, 1), "seed": seed}
+                    )
+                    logger.info("seed %d %s full fine-tuning, lr %g: validation %.4f", seed, g, lr, val)
+                reference_runs.append(previous[key])
 
     summary = {}
     for g in groups:
@@ -198,18 +288,31 @@ def run_sweep(args: argparse.Namespace) -> dict:
             RunResult(g, d, sizes[g], statistics.mean(r.accuracy for r in results if r.group == g and r.d == d), 0.0)
             for d in dims
         ]
-        if args.reference == "full":
-            reference = statistics.mean(references[(g, s)] for s in seeds)
+        per_seed, reference_lr = {}, None
+        if args.reference == "full":  # the learning rate with the best mean validation accuracy
+            mean = {
+                lr: statistics.mean(
+                    r["accuracy"] for r in reference_runs if (r["group"], r["learning_rate"]) == (g, lr)
+                )
+                for lr in full_lrs
+            }
+            reference_lr = max(full_lrs, key=lambda lr: mean[lr])
+            reference = mean[reference_lr]
+            per_seed = {
+                r["seed"]: r["accuracy"]
+                for r in reference_runs
+                if (r["group"], r["learning_rate"]) == (g, reference_lr)
+            }
         else:
             reference = max(r.accuracy for r in curve)
         test = {d: statistics.mean(r.test_accuracy for r in results if r.group == g and r.d == d) for d in dims}
         summary[g] = {
             "D": sizes[g],
             "reference_validation_accuracy": reference,
+            "reference_learning_rate": reference_lr,
             "d90": d90(curve, reference),
             "d90_per_seed": [
-                d90([r for r in results if r.group == g and r.seed == s], references.get((g, s), reference))
-                for s in seeds
+                d90([r for r in results if r.group == g and r.seed == s], per_seed.get(s, reference)) for s in seeds
             ],
             "validation_curve": {d: r.accuracy for d, r in zip(dims, curve)},
             "test_curve": test,
@@ -223,6 +326,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
         "dims": dims,
         "seeds": seeds,
         "runs": [r.__dict__ for r in results],
+        "reference_runs": reference_runs,
         "summary": summary,
         "recommended_groups": ranked[:2],
         "recommended_target_modules": recommended_targets,
@@ -231,7 +335,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
         "train_images": args.shots * len(labels),
         "validation_images": args.val_per_class * len(labels),
     }
-    write_outputs(out, Path(args.output_dir))
+    write_outputs(out, output_dir)
     return out
 
 
@@ -276,6 +380,11 @@ def write_outputs(out: dict, output_dir: Path) -> None:
         + " | ".join(f"{summary[g]['reference_validation_accuracy']:.3f}" for g in groups)
         + " |"
     )
+    if any(summary[g].get("reference_learning_rate") for g in groups):
+        lrs = [summary[g]["reference_learning_rate"] for g in groups]
+        lines.append(
+            "| reference learning rate (chosen on validation) | " + " | ".join(f"{lr:g}" for lr in lrs) + " |"
+        )
     lines.append("| **d90** | " + " | ".join(str(summary[g]["d90"]) for g in groups) + " |")
     lines.append("| d90 per seed | " + " | ".join(str(summary[g]["d90_per_seed"]) for g in groups) + " |")
     gains = [_gain_over_head_only(summary[g]) for g in groups]
