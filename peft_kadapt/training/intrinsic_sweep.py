@@ -346,14 +346,24 @@ def _gain_over_head_only(entry: dict) -> float | None:
     return None if head is None else entry["reference_validation_accuracy"] - head
 
 
+def _measured(entry: dict, fraction: float = 0.9) -> bool:
+    """Whether the head alone (d = 0) stays below `fraction` of the reference, so that d90 says something about the
+    group: where the head alone already reaches it (the reference gains less than 1/9 over it, or nothing), d90 is 0
+    whatever the group. True without a d = 0 run (keys 0 or "0" in JSON)."""
+    curve = entry.get("validation_curve", {})
+    head = curve.get(0, curve.get("0"))
+    return head is None or head < fraction * entry["reference_validation_accuracy"]
+
+
 def rank_groups(summary: dict) -> list[str]:
-    """Groups, most worth adapting first: those whose reference beats the head alone (d = 0) on validation before
-    those it does not (a d90 of 0 there means adapting the group adds nothing, not that it is easy to adapt), then the
-    lower d90 (a d90 not reached last), then the higher reference. Works on a saved `intrinsic_dim.json` summary."""
+    """Groups, most worth adapting first: those whose d90 measures something (the head alone stays below 90 % of the
+    reference) before the others, whose d90 of 0 means the head alone already does as well, not that the group is
+    easy to adapt; then the lower d90 (a d90 not reached last), then the higher reference. Works on a saved
+    `intrinsic_dim.json` summary."""
     return sorted(
         summary,
         key=lambda g: (
-            not (_gain_over_head_only(summary[g]) or 0) > 0,
+            not _measured(summary[g]),
             summary[g]["d90"] is None,
             summary[g]["d90"] or 0,
             -summary[g]["reference_validation_accuracy"],
