@@ -211,7 +211,8 @@ def run_sweep(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     groups, dims = parse_groups(args.group), parse_dims(args.dims)
-    full_lrs = parse_lrs(args.full_lr) if args.reference == "full" else parse_lrs(args.full_lr)[:0]  # errors early
+    full_lrs = parse_lrs(args.full_lr)  # checked before anything loads, also when --reference best leaves it unused
+    full_lrs = full_lrs if args.reference == "full" else []
     seeds = [int(s) for s in args.seeds.split(",")]
     source = load_image_dataset(args.dataset_name)
     labels = source["train"].features["label"].names
