@@ -176,6 +176,11 @@ def grids(args) -> dict[str, list[Candidate]]:
     return out
 
 
+def native_size(name: str) -> tuple[int, int]:
+    """(width, height) of a dataset's first training image."""
+    return cached_dataset(name)["train"][0]["image"].size
+
+
 def auto_resolution(native: int) -> int:
     """56 px for images of up to 112 px (shrunk at most 2x: their information is kept); 112 px for larger ones, the
     least a table should show them at (224 px keeps more of a 250 px image, at about 4x the cost of 112 px)."""
@@ -185,7 +190,7 @@ def auto_resolution(native: int) -> int:
 def resolutions(datasets: list[str], flag: str) -> dict[str, int]:
     """Input size per dataset from --resolution: one size for all, or `auto` (`auto_resolution` of its images)."""
     if flag == "auto":
-        return {d: auto_resolution(max(cached_dataset(d)["train"][0]["image"].size)) for d in datasets}
+        return {d: auto_resolution(max(native_size(d))) for d in datasets}
     if not flag.isdigit() or int(flag) == 0:
         raise ValueError(f"--resolution {flag!r}: expected a size in pixels (e.g. 112) or auto.")
     return dict.fromkeys(datasets, int(flag))
@@ -194,7 +199,7 @@ def resolutions(datasets: list[str], flag: str) -> dict[str, int]:
 def warn_on_downscaling(resolution: dict[str, int]) -> None:
     """Warn when a dataset's native images are more than twice its input resolution (their detail is lost)."""
     for name, size in resolution.items():
-        width, height = cached_dataset(name)["train"][0]["image"].size
+        width, height = native_size(name)
         if max(width, height) > 2 * size:
             warnings.warn(
                 f"{name}: images of {width}x{height} px are shrunk to {size} px (more than 2x): detail is lost. "
