@@ -5,7 +5,8 @@ fits:
 LoRA on q/v and on all linear layers (largest rank that fits), LoKr on q/v and on all linear layers (largest rank),
 KAdaptation on q/v and on all linear layers (the top setting of `peft_kadapt.budget.propose_configs`), plus the linear
 probe, BitFit and full fine-tuning as references. Every variant's learning rate and adapter scale are chosen on
-validation (`--alphas` × `--adapter_lrs`); test accuracy is measured once per choice.
+validation (`--alphas` × `--adapter_lrs`; the references over `REFERENCE_GRIDS`); test accuracy is measured once per
+choice.
 
 The runs go through `kadapt bench` and append one record per (split, variant) to `--records` (committed under
 benchmarks/results/), so the study stops and resumes anywhere; `--list` prints the variants and their parameters.
@@ -33,6 +34,9 @@ RANKS = (1, 2, 4, 8, 16, 32, 64)
 REFERENCES = ("linear", "bitfit", "full")
 DEFAULT = "kadaptation n=8 r=1 targets=q_proj+v_proj"  # the package's default configuration, always included
 TOLERANCE = 1.1  # "about" a budget: up to 10 % over it
+# The references' learning-rate grids since the study began (the method table's until 2026-11-29, when its grids moved
+# to centre on what validation chose): pinned, so every split of the study runs the same protocol. `--grid` overrides.
+REFERENCE_GRIDS = {"linear": "1e-3,3e-3,1e-2", "bitfit": "1e-3,3e-3,1e-2", "full": "1e-5,3e-5,1e-4"}
 
 
 def adapter_parameters(variant: str, model_name_or_path: str, labels: list[str]) -> int:
@@ -111,6 +115,7 @@ def main(argv=None) -> None:
             args.alphas,
             "--adapter_lrs",
             args.adapter_lrs,
+            *(arg for name, lrs in REFERENCE_GRIDS.items() for arg in ("--grid", f"{name}={lrs}")),
             *bench_argv,
         ]
     )

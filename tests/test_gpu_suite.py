@@ -24,6 +24,8 @@ def test_gpu_suite_tiny_profile_records_tables_and_resumes(tiny_backbone, tmp_pa
     assert {r.seed for r in records} == {0} and all(r.settings["bf16"] for r in records)
     assert all(r.settings["extend_edges"] == 1 and r.settings["resolution"] == 32 for r in records)
     assert {r.method for r in records} >= {"kadaptation", "lora", "lokr", "linear", "bitfit", "full"}
+    full = next(r for r in records if r.method == "full")  # the study keeps its own reference grids
+    assert [g["learning_rate"] for g in full.grid if not g.get("extension")] == [1e-5, 3e-5, 1e-4]
     table = (tmp_path / "frontier_gpu.md").read_text()
     assert "Targets:" in table and "| budget | KAdaptation variant | against |" in table
     assert (tmp_path / "frontier_gpu.png").stat().st_size > 1000
