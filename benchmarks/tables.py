@@ -287,7 +287,9 @@ def main(argv=None) -> None:
     p.add_argument("--map", action="store_true", help="print the alpha x learning-rate map of validation accuracy")
     p.add_argument("--verdict", action="store_true", help="print the budget-class comparisons and the targets")
     p.add_argument("--plot", default=None, help="write the Pareto plot (one panel per dataset, one pooled) here")
-    p.add_argument("--all_splits", action="store_true", help="also use splits some variant has no record on")
+    p.add_argument(
+        "--all_splits", action="store_true", help="also use splits some variant has no record on (tables and --map)"
+    )
     p.add_argument(
         "--until",
         default=None,
@@ -317,12 +319,12 @@ def main(argv=None) -> None:
             if name not in settings:
                 raise SystemExit(f"--label {name}: not a benchmark setting; one of {sorted(settings)}.")
             r.variant = f"{r.variant} [{name}={settings[name]}]"
-    if args.map:
-        print(alpha_lr_map_markdown(records))
-        return
     if not args.all_splits:
         records, complete, total = complete_splits(records)
         print(f"{complete} of {total} splits have a record for every variant; the tables use those.\n")
+    if args.map:
+        print(alpha_lr_map_markdown(records))
+        return
     print(results_markdown(records, reference=args.reference))
     print(frontier_markdown(records))
     if args.verdict:

@@ -44,11 +44,27 @@ def test_frontier_and_map_from_records(tmp_path, capsys):
     assert "| reference | d | 56 | 5 | bitfit | 19,000 | 0.450 (one split) | 1 | - |" in out
     assert "| ~150k | d | 56 | 5 | lora r=8 targets=q_proj+v_proj | 147,456 | 0.800 ± 0.000 | 2 | - |" in out
 
-    tables.main([str(path), "--map"])
+    tables.main([str(path), "--map", "--all_splits"])
     out = capsys.readouterr().out
     assert (
         "| alpha \\ lr | 0.001 | 0.01 |" in out and "| 1 | 0.200 | 0.400 |" in out and "| 4 | 0.600 | 0.100 |" in out
     )
+
+
+def test_map_averages_the_complete_splits_only(tmp_path, capsys):
+    def grid(v):
+        return [{"learning_rate": 1e-3, "alpha": 4.0, "validation_accuracy": v, "validation_loss": 1.0}]
+
+    records = [record("lora r=8", s, 0.5, 147_456, grid(v)) for s, v in ((0, 0.2), (1, 0.6))]
+    records += [record("kadaptation n=8", 0, 0.5, 19_456, grid(0.3))]  # seed 1 has no KAdaptation record yet
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    tables.main([str(path), "--map"])
+    out = capsys.readouterr().out
+    assert "1 of 2 splits have a record for every variant" in out
+    assert "lora r=8 (validation accuracy, mean over 1 split(s)" in out and "| 4 | 0.200 |" in out
+    tables.main([str(path), "--map", "--all_splits"])
+    assert "| 4 | 0.400 |" in capsys.readouterr().out  # lora r=8 over both seeds
 
 
 def test_verdict_uses_complete_splits_and_topped_up_records(tmp_path, capsys):
