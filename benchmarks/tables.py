@@ -3,6 +3,7 @@
     python benchmarks/tables.py benchmarks/results/frontier.jsonl              # results, paired differences, frontier
     python benchmarks/tables.py benchmarks/results/frontier.jsonl --verdict --plot docs/frontier.png
     python benchmarks/tables.py benchmarks/results/alpha_lr_map.jsonl --map     # validation accuracy over alpha x lr
+    python benchmarks/tables.py benchmarks/results/frontier.jsonl --shots 5,20   # the few-shot splits only (or: full)
 
 Records topped up by grid-edge extension replace the records they extend. Only complete splits are compared (a
 split where every variant of the file has a record; `--all_splits` keeps the others), so every mean is over the same
@@ -307,8 +308,18 @@ def main(argv=None) -> None:
     p.add_argument(
         "--reference", default="lora r=8 targets=q_proj+v_proj", help="variant the results table pairs against"
     )
+    p.add_argument(
+        "--shots",
+        default=None,
+        help="only these k, comma-separated, e.g. 5,20 (the few-shot regime) or full (the full-shot subset)",
+    )
     args = p.parse_args(argv)
     records = [r for path in args.records for r in read_records(Path(path))]
+    if args.shots:
+        wanted = {k.strip() for k in args.shots.split(",")}
+        records = [r for r in records if str(r.shots).split()[0] in wanted]
+        if not records:
+            raise SystemExit(f"--shots {args.shots}: no record has these k (write k as 5 or 20, or full).")
     if args.until:
         until = datetime.fromisoformat(args.until).replace(tzinfo=timezone.utc)
         records = [r for r in records if datetime.fromisoformat(r.finished) <= until]

@@ -6,6 +6,8 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
 from peft_kadapt.training.bench.protocol import RunRecord
 
 
@@ -143,3 +145,18 @@ def test_map_marks_points_tried_on_fewer_splits():
     b = record("lora r=1", 1, 0.5, 1, grid((1e-3, 0.4), (1e-2, 0.6), (3.33e-2, 0.7)))  # one extension point
     out = tables.alpha_lr_map_markdown([a, b])
     assert "| 1 | 0.300 | 0.500 | 0.700 (1) |" in out
+
+
+def test_shots_keeps_the_few_shot_or_the_full_shot_records(tmp_path, capsys):
+    records = [record("lora r=8", s, 0.5, 147_456) for s in (0, 1)]
+    full = record("lora r=8", 0, 0.9, 147_456)
+    full.shots = "full (100/class)"
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in [*records, full]))
+    tables.main([str(path), "--shots", "full"])
+    assert "| d | 56 | full (100/class) | lora r=8 | 0.900 (one split) |" in capsys.readouterr().out
+    tables.main([str(path), "--shots", "5,20"])
+    out = capsys.readouterr().out
+    assert "| d | 56 | 5 | lora r=8 | 0.500 ± 0.000 |" in out and "full (100/class)" not in out
+    with pytest.raises(SystemExit, match="--shots 1: no record has these k"):
+        tables.main([str(path), "--shots", "1"])
