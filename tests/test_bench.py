@@ -332,3 +332,33 @@ def test_variants_parse_after_the_trainer_parser_has_read_model_arguments():
     assert (spec.kadapt_n, spec.kadapt_alpha, spec.target_modules) == (16, 2.0, "q_proj,v_proj")
     with pytest.raises(ValueError, match="'four' is not a valid int"):
         parse_variant("lora r=four")
+
+
+@pytest.mark.parametrize("variant", ["lora r=8", "full"])
+def test_head_lr_trains_the_head_at_its_own_rate(tiny_backbone, variant):
+    import torch
+
+    from peft_kadapt.training import build_model, parse_variant
+    from peft_kadapt.training.bench import protocol
+
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 2
+    settings = protocol.BenchSettings(tiny_backbone, resolution=32, steps=2, batch_size=4, head_learning_rate=0.0)
+    model, *_ = protocol._train(variant, protocol.Candidate(1e-2), settings, ["a", "b"], x, y, "cpu")
+    torch.manual_seed(settings.train_seed)
+    untrained, _ = build_model(parse_variant(variant, model_name_or_path=tiny_backbone), ["a", "b"])
+    before = dict(untrained.named_parameters())
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [n for n, _ in trained if "classifier." in n]
+    assert head and all(torch.equal(p, before[n]) for n, p in trained if n in head)  # rate 0: the head stayed
+    assert any(not torch.equal(p, before[n]) for n, p in trained if n not in head)  # the rest trained
+
+
+def test_head_lr_is_recorded_and_checked(tiny_backbone, tmp_path):
+    out = tmp_path / "out"
+    kadapt(
+        bench_args(tiny_backbone, out, "--shots", "5", "--seeds", "0", "--methods", "lora r=8", "--head_lr", "1e-2")
+    )
+    (record,) = read_records(out / "records.jsonl")
+    assert record.settings["head_learning_rate"] == 1e-2
+    with pytest.raises(ValueError, match=r"--head_lr 0.0: expected a learning rate above 0, e.g. 1e-2"):
+        kadapt(bench_args(tiny_backbone, out, "--head_lr", "0"))

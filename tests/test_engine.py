@@ -88,6 +88,8 @@ def test_prefix_learning_rates_set_the_rate_of_the_parameters_they_name():
         torch.testing.assert_close(every[name], plain[name], msg=name)
     with pytest.raises(ValueError, match="prefix_learning_rates: the Trainer trains every parameter at one"):
         Recipe(1e-3, 3, prefix_learning_rates=(("", 1e-2),)).training_arguments("unused")
+    with pytest.raises(ValueError, match=r"no trainable parameter's name starts with \['classifier\.'\]"):
+        trained(Recipe(1e-2, max_steps=3, batch_size=8, prefix_learning_rates=(("classifier.", 0.0),)))  # PEFT's names
 
 
 SPLIT = "--shots 5 --test_per_class 7 --resolution 32".split()

@@ -88,6 +88,14 @@ def optimizer_and_schedule(model: nn.Module, recipe: Recipe):
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("The model has no trainable parameter: nothing to fit.")
+    unmatched = [
+        prefix for prefix, _ in recipe.prefix_learning_rates if not any(n.startswith(prefix) for n, _ in trainable)
+    ]
+    if unmatched:
+        raise ValueError(
+            f"Recipe.prefix_learning_rates: no trainable parameter's name starts with {unmatched}; names look like "
+            f"{trainable[0][0]!r}."
+        )
 
     def rate(name: str) -> float:
         return next(

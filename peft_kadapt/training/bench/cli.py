@@ -116,6 +116,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="forward passes under bfloat16 autocast (fp32 weights), as Trainer's --bf16",
     )
+    p.add_argument(
+        "--head_lr",
+        type=float,
+        default=None,
+        help="learning rate of the classification head, apart from the grid's rate of the rest (adapter, biases, "
+        "backbone); default: the head trains at the grid's rate. Not for the linear probe (its rate is the head's)",
+    )
     p.add_argument("--device", default=None, help="cuda, cpu, ...; default cuda when available, else cpu")
     p.add_argument(
         "--workers",
@@ -237,7 +244,10 @@ def run_bench(args) -> dict:
         warmup_steps=args.warmup_steps,
         extend_edges=args.extend_edges,
         bf16=args.bf16,
+        head_learning_rate=args.head_lr,
     )
+    if args.head_lr is not None and not args.head_lr > 0:
+        raise ValueError(f"--head_lr {args.head_lr}: expected a learning rate above 0, e.g. 1e-2.")
     if args.extend_edges < 0:
         raise ValueError(
             f"--extend_edges {args.extend_edges}: expected 0 (no extension) or a positive number of rounds."

@@ -53,6 +53,9 @@ class BenchSettings:
     warmup_steps: int = 0  # linear warm-up of the learning rate (added later: records without it had 0)
     extend_edges: int = 0  # rounds of grid extension where validation chose an edge (added later: 0 before)
     bf16: bool = False  # forward passes under bfloat16 autocast (added later: records without it were fp32)
+    # the head's own learning rate for methods that train more than the head; None: the grid point's, as every other
+    # trained parameter (added later: records without it had None)
+    head_learning_rate: float | None = None
 
 
 @dataclass
@@ -155,6 +158,7 @@ def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, 
     model, is_peft = build_model(spec, labels)
     model.to(device)
     extra = pos_encoding_kwargs(model, settings.resolution)
+    head = settings.head_learning_rate
     recipe = Recipe(
         candidate.learning_rate,
         settings.steps,
@@ -162,6 +166,12 @@ def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, 
         warmup_steps=settings.warmup_steps,
         seed=settings.train_seed,
         bf16=settings.bf16,
+        # PEFT keeps the head under base_model.model.; the linear probe's head rate is its grid point
+        prefix_learning_rates=(
+            ((f"base_model.model.{HEAD}." if is_peft else f"{HEAD}.", head),)
+            if head is not None and spec.method != "linear"
+            else ()
+        ),
     )
     seconds = fit(model, x, y, recipe, extra)
     return model, is_peft, extra, seconds
