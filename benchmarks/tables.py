@@ -4,6 +4,7 @@
     python benchmarks/tables.py benchmarks/results/frontier.jsonl --verdict --plot docs/frontier.png
     python benchmarks/tables.py benchmarks/results/alpha_lr_map.jsonl --map     # validation accuracy over alpha x lr
     python benchmarks/tables.py benchmarks/results/frontier.jsonl --shots 5,20   # the few-shot splits only (or: full)
+    python benchmarks/tables.py benchmarks/results/frontier.jsonl --validation   # what validation preferred
 
 Records topped up by grid-edge extension replace the records they extend. Only complete splits are compared (a
 split where every variant of the file has a record; `--all_splits` keeps the others), so every mean is over the same
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -313,7 +315,15 @@ def main(argv=None) -> None:
         default=None,
         help="only these k, comma-separated, e.g. 5,20 (the few-shot regime) or full (the full-shot subset)",
     )
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="tabulate the chosen points' validation accuracy instead of test accuracy (what validation preferred); "
+        "results and frontier tables only",
+    )
     args = p.parse_args(argv)
+    if args.validation and (args.verdict or args.plot or args.map):
+        raise SystemExit("--validation: prints the results and frontier tables only (drop --verdict, --plot, --map).")
     records = [r for path in args.records for r in read_records(Path(path))]
     if args.shots:
         wanted = {k.strip() for k in args.shots.split(",")}
@@ -335,6 +345,14 @@ def main(argv=None) -> None:
         print(f"{complete} of {total} splits have a record for every variant; the tables use those.\n")
     if args.map:
         print(alpha_lr_map_markdown(records))
+        return
+    if args.validation:
+        chosen = [replace(r, test_accuracy=r.validation_accuracy) for r in records]
+        print("Validation accuracy of each chosen point (test accuracy is not shown).\n")
+        for table in (results_markdown(chosen, reference=args.reference), frontier_markdown(chosen)):
+            print(
+                table.replace("test accuracy", "validation accuracy").replace("test-accuracy", "validation-accuracy")
+            )
         return
     print(results_markdown(records, reference=args.reference))
     print(frontier_markdown(records))

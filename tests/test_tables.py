@@ -160,3 +160,18 @@ def test_shots_keeps_the_few_shot_or_the_full_shot_records(tmp_path, capsys):
     assert "| d | 56 | 5 | lora r=8 | 0.500 ± 0.000 |" in out and "full (100/class)" not in out
     with pytest.raises(SystemExit, match="--shots 1: no record has these k"):
         tables.main([str(path), "--shots", "1"])
+
+
+def test_validation_tabulates_what_validation_preferred(tmp_path, capsys):
+    records = [record("lora r=8", s, 0.5, 147_456) for s in (0, 1)]
+    records += [record("lora r=1", s, 0.9, 18_432) for s in (0, 1)]
+    for r, v in zip(records, (0.6, 0.7, 0.2, 0.3)):
+        r.validation_accuracy = v
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    tables.main([str(path), "--validation", "--reference", "lora r=8"])
+    out = capsys.readouterr().out
+    assert "| test accuracy" not in out and "| d | 56 | 5 | lora r=1 | 0.250 ± 0.635 |" in out
+    assert "| pooled | lora r=1 | 2 | -0.400 ± 0.000 | 0 / 0 / 2 |" in out  # on test it would be +0.4
+    with pytest.raises(SystemExit, match="--validation: prints the results and frontier tables only"):
+        tables.main([str(path), "--validation", "--verdict"])
