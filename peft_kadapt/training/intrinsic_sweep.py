@@ -340,19 +340,24 @@ def run_sweep(args: argparse.Namespace) -> dict:
     return out
 
 
-def _gain_over_head_only(entry: dict) -> float | None:
-    """Reference minus the head-only (d = 0) validation accuracy; None without a d = 0 run (keys 0 or "0" in JSON)."""
+def _head_only(entry: dict) -> float | None:
+    """The head-only (d = 0) validation accuracy of a group's summary; None without a d = 0 run (keys 0 or "0" in
+    JSON)."""
     curve = entry.get("validation_curve", {})
-    head = curve.get(0, curve.get("0"))
+    return curve.get(0, curve.get("0"))
+
+
+def _gain_over_head_only(entry: dict) -> float | None:
+    """Reference minus the head-only (d = 0) validation accuracy; None without a d = 0 run."""
+    head = _head_only(entry)
     return None if head is None else entry["reference_validation_accuracy"] - head
 
 
 def _measured(entry: dict, fraction: float = 0.9) -> bool:
     """Whether the head alone (d = 0) stays below `fraction` of the reference, so that d90 says something about the
     group: where the head alone already reaches it (the reference gains less than 1/9 over it, or nothing), d90 is 0
-    whatever the group. True without a d = 0 run (keys 0 or "0" in JSON)."""
-    curve = entry.get("validation_curve", {})
-    head = curve.get(0, curve.get("0"))
+    whatever the group. True without a d = 0 run."""
+    head = _head_only(entry)
     return head is None or head < fraction * entry["reference_validation_accuracy"]
 
 
