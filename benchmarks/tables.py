@@ -1,7 +1,7 @@
 """Recompute the tables of docs/benchmarks.md from committed benchmark records (JSON lines of `kadapt bench`).
 
     python benchmarks/tables.py benchmarks/results/frontier.jsonl              # results, paired differences, frontier
-    python benchmarks/tables.py benchmarks/results/frontier.jsonl --verdict --plot docs/frontier.png
+    python benchmarks/tables.py benchmarks/results/frontier.jsonl --verdict --plot frontier.png
     python benchmarks/tables.py benchmarks/results/alpha_lr_map.jsonl --map     # validation accuracy over alpha x lr
     python benchmarks/tables.py benchmarks/results/frontier.jsonl --shots 5,20   # the few-shot splits only (or: full)
     python benchmarks/tables.py benchmarks/results/frontier.jsonl --validation   # what validation preferred
@@ -29,7 +29,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
-from peft_kadapt.training.bench.report import mean_interval, paired_differences, results_markdown, summarise
+from peft_kadapt.training.bench.report import (
+    mean_interval,
+    paired_differences,
+    results_markdown,
+    shots_order,
+    summarise,
+)
 
 
 BUDGETS = (20_000, 80_000, 150_000)
@@ -232,19 +238,68 @@ def chosen_settings_markdown(records: list[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def frontier_panels(records: list[RunRecord], reference: str = LORA_R8) -> list[list[dict]]:
+    """The Pareto plot's panels, one row per k: per dataset, each variant's test accuracy (mean ± 95 % interval over
+    that dataset's splits at that k) and adapter parameters; last, the paired difference against `reference` pooled
+    over that k's splits of every dataset (few-shot k only). k = 5 and k = 20 are never averaged together: they
+    differ by more than the methods do. A panel without records has no points."""
+    params = {r.variant: r.adapter_parameters for r in records}
+    datasets = sorted({r.dataset for r in records})
+    rows = []
+    for k in sorted({str(r.shots) for r in records}, key=shots_order):
+        at_k = [r for r in records if str(r.shots) == k]
+        row = []
+        for dataset in datasets:
+            group = [r for r in at_k if r.dataset == dataset]
+            points = []
+            for variant in sorted({r.variant for r in group}):
+                mean, half = mean_interval([r.test_accuracy for r in group if r.variant == variant])
+                points.append((variant, params[variant], mean, half))
+            pxs = "/".join(map(str, sorted({r.settings["resolution"] for r in group})))
+            n = len({_split(r) for r in group})
+            title = (
+                f"{dataset}, k = {k}, {pxs} px, {n} split{'s' * (n > 1)}"
+                if n
+                else f"{dataset}, k = {k}: no split tabulated"
+            )
+            row.append({"title": title, "points": points, "ylabel": "test accuracy (mean ± 95 % CI)"})
+        pooled = [p for p in paired_differences(at_k, reference) if p["dataset"] == "pooled"]
+        n = pooled[0]["splits"] if pooled else 0
+        row.append(
+            {
+                "title": f"k = {k}, pooled ({n} splits): paired difference vs {reference.split(' targets')[0]} (q/v)",
+                "points": [
+                    (p["variant"], params[p["variant"]], p["difference"], p["interval"])
+                    for p in pooled
+                    if 0 < params[p["variant"]] < 1e6
+                ],  # fmt: skip
+                "ylabel": "test accuracy difference (± 95 % CI)",
+                "zero": True,
+            }
+        )
+        rows.append(row)
+    return rows
+
+
 def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8) -> None:
-    """One panel per dataset (test accuracy, mean over its splits, against adapter parameters) and a pooled panel
-    (paired difference against `reference` over all splits)."""
+    """Draw `frontier_panels`: a row per k, a panel per dataset and a pooled panel per row."""
     from peft_kadapt.training.plotting import pyplot, save
 
     plt = pyplot()
-    datasets = sorted({r.dataset for r in records})
-    fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(4.2 * (len(datasets) + 1), 3.6), squeeze=False)
+    panels = frontier_panels(records, reference)
+    width = len(panels[0])
+    fig, axes = plt.subplots(len(panels), width, figsize=(4.2 * width, 3.4 * len(panels)), squeeze=False)
     families = {"kadaptation": "C0", "lora": "C1", "lokr": "C2"}
     markers = {True: "s", False: "o"}  # all linear layers: square; q/v: circle
-
-    def draw(ax, points):
-        for variant, params, mean, half in points:
+    for ax, panel in zip(axes.flat, (panel for row in panels for panel in row)):
+        ax.set_title(panel["title"], fontsize=8)
+        if not panel["points"]:
+            ax.set_axis_off()
+            continue
+        ax.set_xlim(1e4, 3e5)
+        if panel.get("zero"):
+            ax.axhline(0, color="C1", lw=0.8)
+        for variant, params, mean, half in panel["points"]:
             method = variant.split()[0]
             if method not in families:
                 ax.axhline(mean, color="grey", lw=0.8, ls=":")
@@ -257,28 +312,7 @@ def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
         ax.set_xlabel("adapter parameters (head excluded)", fontsize=7)
-
-    for ax, dataset in zip(axes.flat, datasets):
-        group = [r for r in records if r.dataset == dataset]
-        points = []
-        for variant in sorted({r.variant for r in group}):
-            runs = [r for r in group if r.variant == variant]
-            mean, half = mean_interval([r.test_accuracy for r in runs])
-            points.append((variant, runs[0].adapter_parameters, mean, half))
-        ax.set_xlim(1e4, 3e5)
-        draw(ax, points)
-        pxs = sorted({r.settings["resolution"] for r in group})
-        ax.set_title(f"{dataset}, {'/'.join(map(str, pxs))} px, {len({_split(r) for r in group})} splits", fontsize=8)
-        ax.set_ylabel("test accuracy (mean ± 95 % CI)", fontsize=7)
-    pooled = axes.flat[-1]
-    params = {r.variant: r.adapter_parameters for r in records}
-    rows = [p for p in paired_differences(records, reference) if p["dataset"] == "pooled"]
-    pooled.set_xlim(1e4, 3e5)
-    pooled.axhline(0, color="C1", lw=0.8)
-    draw(pooled, [(p["variant"], params[p["variant"]], p["difference"], p["interval"]) for p in rows
-                  if 0 < params[p["variant"]] < 1e6])  # fmt: skip
-    pooled.set_title(f"pooled: paired difference vs {reference.split(' targets')[0]} (q/v)", fontsize=8)
-    pooled.set_ylabel("test accuracy difference (± 95 % CI)", fontsize=7)
+        ax.set_ylabel(panel["ylabel"], fontsize=7)
     fig.suptitle("blue KAdaptation, orange LoRA, green LoKr; circle: q/v, square: all linear layers; dotted: "
                  "references (linear, bitfit, full)", fontsize=8)  # fmt: skip
     save(fig, path)
@@ -289,7 +323,9 @@ def main(argv=None) -> None:
     p.add_argument("records", nargs="+", help="JSON-lines record files of `kadapt bench`")
     p.add_argument("--map", action="store_true", help="print the alpha x learning-rate map of validation accuracy")
     p.add_argument("--verdict", action="store_true", help="print the budget-class comparisons and the targets")
-    p.add_argument("--plot", default=None, help="write the Pareto plot (one panel per dataset, one pooled) here")
+    p.add_argument(
+        "--plot", default=None, help="write the Pareto plot here (a row per k: a panel per dataset, one pooled)"
+    )
     p.add_argument(
         "--all_splits", action="store_true", help="also use splits some variant has no record on (tables and --map)"
     )

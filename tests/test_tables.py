@@ -175,3 +175,32 @@ def test_validation_tabulates_what_validation_preferred(tmp_path, capsys):
     assert "| pooled | lora r=1 | 2 | -0.400 ± 0.000 | 0 / 0 / 2 |" in out  # on test it would be +0.4
     with pytest.raises(SystemExit, match="--validation: prints the results and frontier tables only"):
         tables.main([str(path), "--validation", "--verdict"])
+
+
+def test_plot_panels_keep_each_k_apart(tmp_path):
+    records = [record("lora r=8", s, t, 147_456) for s, t in ((0, 0.5), (1, 0.7))]
+    records += [record("kadaptation n=8", s, t, 19_456) for s, t in ((0, 0.6), (1, 0.6))]
+    for s, t, variant, adapter in ((0, 0.9, "lora r=8", 147_456), (0, 0.8, "kadaptation n=8", 19_456)):
+        k20 = record(variant, s, t, adapter)
+        k20.shots = 20
+        records.append(k20)
+    other = record("lora r=8", 0, 0.3, 147_456)
+    other.dataset = "e"  # has k = 5 only
+    k5, k20 = tables.frontier_panels(records + [other], reference="lora r=8")
+    assert k20[1] == {
+        "title": "e, k = 20: no split tabulated",
+        "points": [],
+        "ylabel": "test accuracy (mean ± 95 % CI)",
+    }
+    assert [p["title"] for p in k5] == [
+        "d, k = 5, 56 px, 2 splits",
+        "e, k = 5, 56 px, 1 split",
+        "k = 5, pooled (2 splits): paired difference vs lora r=8 (q/v)",
+    ]
+    assert k5[0]["points"][1][:3] == ("lora r=8", 147_456, pytest.approx(0.6))  # not mixed with k = 20's 0.9
+    assert k20[0]["title"] == "d, k = 20, 56 px, 1 split" and k20[0]["points"][0][2] == pytest.approx(0.8)
+    assert k20[2]["points"] == [
+        ("kadaptation n=8", 19_456, pytest.approx(-0.1), pytest.approx(float("nan"), nan_ok=True))
+    ]
+    tables.frontier_plot(records, tmp_path / "frontier.png", reference="lora r=8")
+    assert (tmp_path / "frontier.png").stat().st_size > 1000

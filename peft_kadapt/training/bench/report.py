@@ -32,7 +32,7 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     return mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def _shots_order(shots) -> tuple[int, int]:
+def shots_order(shots) -> tuple[int, int]:
     """k ascending, full shot last."""
     return (0, int(shots)) if str(shots).isdigit() else (1, 0)
 
@@ -62,7 +62,7 @@ def summarise(records: list[RunRecord]) -> list[dict]:
                 "alphas": sorted({g.chosen_alpha for g in group if g.chosen_alpha is not None}),
             }
         )
-    return sorted(rows, key=lambda t: (t["dataset"], t["resolution"], _shots_order(t["shots"]), t["variant"]))
+    return sorted(rows, key=lambda t: (t["dataset"], t["resolution"], shots_order(t["shots"]), t["variant"]))
 
 
 def paired_differences(records: list[RunRecord], reference: str) -> list[dict]:
@@ -153,7 +153,7 @@ def pareto_plot(records: list[RunRecord], path: Path) -> None:
     table = summarise(records)
     plt = pyplot()
     panels = sorted(
-        {(t["dataset"], t["resolution"], t["shots"]) for t in table}, key=lambda p: (p[0], p[1], _shots_order(p[2]))
+        {(t["dataset"], t["resolution"], t["shots"]) for t in table}, key=lambda p: (p[0], p[1], shots_order(p[2]))
     )
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
