@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import defaultdict
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
 from peft_kadapt.training.bench.report import (
+    accuracy,
     mean_interval,
     paired_differences,
     results_markdown,
@@ -60,9 +60,9 @@ def _pm(mean: float, half: float) -> str:
     return f"{mean:.3f} ± {half:.3f}" if half == half else f"{mean:.3f} (one split)"
 
 
-def frontier_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
+def frontier_markdown(records: list[RunRecord], budgets=BUDGETS, metric: str = "test") -> str:
     lines = [
-        "| budget | dataset | px | k | variant | adapter params | test accuracy (mean ± 95 % CI) | seeds "
+        f"| budget | dataset | px | k | variant | adapter params | {metric} accuracy (mean ± 95 % CI) | seeds "
         "| vs LoRA of the class (paired, ± 95 % CI) | chosen at the grid's edge |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -75,10 +75,10 @@ def frontier_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
         paired = {}
         for reference in lora[:1]:
             split = [r for r in records if r.dataset == dataset and str(r.shots) == shots]
-            paired = {p["variant"]: p for p in paired_differences(split, reference) if p["dataset"] == dataset}
+            paired = {p["variant"]: p for p in paired_differences(split, reference, metric) if p["dataset"] == dataset}
         for variant in sorted({r.variant for r in group}):
             runs = [r for r in group if r.variant == variant]
-            mean, half = mean_interval([r.test_accuracy for r in runs])
+            mean, half = mean_interval([accuracy(r, metric) for r in runs])
             p = paired.get(variant)
             versus = f"{_signed(p['difference'], p['interval'])} ({lora[0]})" if p else "-"
             label = f"~{budget // 1000}k" if budget else "reference"
@@ -383,12 +383,9 @@ def main(argv=None) -> None:
         print(alpha_lr_map_markdown(records))
         return
     if args.validation:
-        chosen = [replace(r, test_accuracy=r.validation_accuracy) for r in records]
         print("Validation accuracy of each chosen point (test accuracy is not shown).\n")
-        for table in (results_markdown(chosen, reference=args.reference), frontier_markdown(chosen)):
-            print(
-                table.replace("test accuracy", "validation accuracy").replace("test-accuracy", "validation-accuracy")
-            )
+        print(results_markdown(records, reference=args.reference, metric="validation"))
+        print(frontier_markdown(records, metric="validation"))
         return
     print(results_markdown(records, reference=args.reference))
     print(frontier_markdown(records))

@@ -175,6 +175,8 @@ def test_validation_tabulates_what_validation_preferred(tmp_path, capsys):
     assert "| pooled | lora r=1 | 2 | -0.400 ± 0.000 | 0 / 0 / 2 |" in out  # on test it would be +0.4
     with pytest.raises(SystemExit, match="--validation: prints the results and frontier tables only"):
         tables.main([str(path), "--validation", "--verdict"])
+    with pytest.raises(ValueError, match=r"metric='tset': expected one of \('test', 'validation'\)"):
+        tables.results_markdown(records, reference="lora r=8", metric="tset")
 
 
 def test_plot_panels_keep_each_k_apart(tmp_path):

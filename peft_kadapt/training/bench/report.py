@@ -37,14 +37,24 @@ def shots_order(shots) -> tuple[int, int]:
     return (0, int(shots)) if str(shots).isdigit() else (1, 0)
 
 
-def summarise(records: list[RunRecord]) -> list[dict]:
-    """One row per (dataset, resolution, k, variant): test accuracy mean ± 95 % interval over sampling seeds."""
+METRICS = ("test", "validation")
+
+
+def accuracy(record: RunRecord, metric: str = "test") -> float:
+    """The record's test or validation accuracy (of the point validation chose)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {METRICS}.")
+    return record.test_accuracy if metric == "test" else record.validation_accuracy
+
+
+def summarise(records: list[RunRecord], metric: str = "test") -> list[dict]:
+    """One row per (dataset, resolution, k, variant): `metric` accuracy mean ± 95 % interval over sampling seeds."""
     groups = defaultdict(list)
     for r in records:
         groups[(r.dataset, r.settings["resolution"], str(r.shots), r.variant)].append(r)
     rows = []
     for (dataset, resolution, shots, variant), group in groups.items():
-        mean, half = mean_interval([g.test_accuracy for g in group])
+        mean, half = mean_interval([accuracy(g, metric) for g in group])
         rows.append(
             {
                 "dataset": dataset,
@@ -65,8 +75,8 @@ def summarise(records: list[RunRecord]) -> list[dict]:
     return sorted(rows, key=lambda t: (t["dataset"], t["resolution"], shots_order(t["shots"]), t["variant"]))
 
 
-def paired_differences(records: list[RunRecord], reference: str) -> list[dict]:
-    """Each variant against `reference` on the same splits: mean test-accuracy difference ± 95 % interval, and
+def paired_differences(records: list[RunRecord], reference: str, metric: str = "test") -> list[dict]:
+    """Each variant against `reference` on the same splits: mean `metric`-accuracy difference ± 95 % interval, and
     win / tie / loss counts, per dataset and pooled over datasets (few-shot splits only)."""
     by_split = {(r.dataset, str(r.shots), r.seed, r.settings["resolution"], r.variant): r for r in records}
     diffs = defaultdict(list)
@@ -74,7 +84,7 @@ def paired_differences(records: list[RunRecord], reference: str) -> list[dict]:
         ref = by_split.get((dataset, shots, seed, resolution, reference))
         if variant == reference or ref is None or not shots.isdigit():
             continue
-        d = r.test_accuracy - ref.test_accuracy
+        d = accuracy(r, metric) - accuracy(ref, metric)
         diffs[(dataset, variant)].append(d)
         diffs[("pooled", variant)].append(d)
     rows = []
@@ -100,11 +110,15 @@ def _pm(mean: float, half: float, digits: int = 3) -> str:
 
 
 def results_markdown(
-    records: list[RunRecord], speed: dict | None = None, reference: str = "lora r=8", speed_shape: str = ""
+    records: list[RunRecord],
+    speed: dict | None = None,
+    reference: str = "lora r=8",
+    speed_shape: str = "",
+    metric: str = "test",
 ) -> str:
-    table = summarise(records)
+    table = summarise(records, metric)
     lines = [
-        "| dataset | px | k | variant | test accuracy (mean ± 95 % CI) | seeds | trainable (adapter) | saved | train s "
+        f"| dataset | px | k | variant | {metric} accuracy (mean ± 95 % CI) | seeds | trainable (adapter) | saved | train s "
         "| lr chosen | alpha chosen |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -115,11 +129,11 @@ def results_markdown(
             f"| {t['seconds']:.1f} | {', '.join(f'{x:g}' for x in t['lrs'])} "
             f"| {', '.join(f'{x:g}' for x in t['alphas']) or '-'} |"
         )
-    paired = paired_differences(records, reference)
+    paired = paired_differences(records, reference, metric)
     if paired:
         lines += [
             "",
-            f"Paired test-accuracy difference against {reference} on the same splits (mean ± 95 % CI; few-shot only):",
+            f"Paired {metric}-accuracy difference against {reference} on the same splits (mean ± 95 % CI; few-shot only):",
             "",
             "| dataset | variant | splits | difference | wins / ties / losses |",
             "|---|---|---|---|---|",
