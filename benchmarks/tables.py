@@ -267,12 +267,14 @@ def frontier_panels(records: list[RunRecord], reference: str = LORA_R8) -> list[
         n = pooled[0]["splits"] if pooled else 0
         row.append(
             {
-                "title": f"k = {k}, pooled ({n} splits): paired difference vs {reference.split(' targets')[0]} (q/v)",
+                "title": f"k = {k}, pooled ({n} splits): paired difference vs {reference.split(' targets')[0]} (q/v)"
+                if n
+                else f"k = {k}: nothing to pair (pairs need a few-shot k and records of {reference})",
                 "points": [
                     (p["variant"], params[p["variant"]], p["difference"], p["interval"])
                     for p in pooled
                     if 0 < params[p["variant"]] < 1e6
-                ],  # fmt: skip
+                ],
                 "ylabel": "test accuracy difference (± 95 % CI)",
                 "zero": True,
             }

@@ -206,3 +206,10 @@ def test_plot_panels_keep_each_k_apart(tmp_path):
     ]
     tables.frontier_plot(records, tmp_path / "frontier.png", reference="lora r=8")
     assert (tmp_path / "frontier.png").stat().st_size > 1000
+    full = record("lora r=8", 0, 0.9, 147_456)
+    full.shots = "full (100/class)"
+    (row,) = tables.frontier_panels([full], reference="lora r=8")
+    assert (
+        row[-1]["title"] == "k = full (100/class): nothing to pair (pairs need a few-shot k and records of lora r=8)"
+    )
+    assert row[-1]["points"] == [] and row[0]["points"][0][2] == pytest.approx(0.9)
