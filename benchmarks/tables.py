@@ -251,10 +251,7 @@ def frontier_panels(records: list[RunRecord], reference: str = LORA_R8) -> list[
         row = []
         for dataset in datasets:
             group = [r for r in at_k if r.dataset == dataset]
-            points = []
-            for variant in sorted({r.variant for r in group}):
-                mean, half = mean_interval([r.test_accuracy for r in group if r.variant == variant])
-                points.append((variant, params[variant], mean, half))
+            points = [(t["variant"], t["adapter"], t["mean"], t["interval"]) for t in summarise(group)]
             pxs = "/".join(map(str, sorted({r.settings["resolution"] for r in group})))
             n = len({_split(r) for r in group})
             title = (
