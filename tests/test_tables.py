@@ -2,7 +2,7 @@
 
 import importlib.util
 import json
-import shlex
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,6 +14,12 @@ from peft_kadapt.training.bench.protocol import RunRecord
 spec = importlib.util.spec_from_file_location("tables", Path(__file__).parents[1] / "benchmarks" / "tables.py")
 tables = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tables)
+sys.modules["tables"] = tables  # docs_tables imports it by name, as when run from its folder
+spec = importlib.util.spec_from_file_location(
+    "docs_tables", Path(__file__).parents[1] / "benchmarks" / "docs_tables.py"
+)
+docs_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(docs_tables)
 
 
 def record(variant, seed, test, adapter, grid=()):
@@ -120,19 +126,39 @@ def test_label_names_variants_by_a_setting_so_they_can_be_paired(tmp_path, capsy
     assert "| pooled | lora r=8 [warmup_steps=10] | 2 | 0.015 ± 0.064 | 2 / 0 / 0 |" in out
 
 
-def test_the_tables_in_the_docs_are_what_the_committed_records_give(capsys):
+def test_the_tables_in_the_docs_are_what_the_committed_records_give():
     """Every block of docs/benchmarks.md between `<!-- tables: ARGS -->` and `<!-- /tables -->` is the output of
     `python benchmarks/tables.py ARGS` on the committed records (ARGS name files relative to the repository)."""
-    docs = (Path(__file__).parents[1] / "docs" / "benchmarks.md").read_text()
-    blocks = docs.split("<!-- tables: ")[1:]
-    assert blocks, "docs/benchmarks.md has no generated table block"
-    for block in blocks:
-        args, _, rest = block.partition(" -->\n")
-        expected = rest.split("<!-- /tables -->")[0]
-        root = Path(__file__).parents[1]
-        argv = [str(root / a) if a.startswith("benchmarks/") else a for a in shlex.split(args)]
-        tables.main(argv)
-        assert capsys.readouterr().out.strip() == expected.strip(), f"docs block `{args}` differs from its records"
+    docs = Path(__file__).parents[1] / "docs" / "benchmarks.md"
+    assert docs_tables.blocks(docs.read_text()), "docs/benchmarks.md has no generated table block"
+    assert docs_tables.main([str(docs), "--check"]) == 0, "a docs block differs from its records (see above)"
+
+
+def test_docs_tables_rewrites_a_stale_block_and_check_names_it(tmp_path, capsys):
+    path = tmp_path / "records.jsonl"
+    path.write_text(
+        "".join(json.dumps(asdict(record("lora r=8", s, t, 147_456))) + "\n" for s, t in ((0, 0.5), (1, 0.7)))
+    )
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n<!-- tables: {path} --shots 5 -->\nold numbers\n<!-- /tables -->\noutro\n")
+    assert docs_tables.main([str(page), "--check"]) == 1
+    assert f"differs: <!-- tables: {path} --shots 5 -->" in capsys.readouterr().out
+    assert "old numbers" in page.read_text(), "--check must not write"
+
+    assert docs_tables.main([str(page)]) == 0
+    assert f"rewritten: <!-- tables: {path} --shots 5 -->" in capsys.readouterr().out
+    tables.main([str(path), "--shots", "5"])
+    expected = capsys.readouterr().out.strip()
+    assert "| d | 56 | 5 | lora r=8 | 0.600 ± 1.271 |" in expected
+    assert page.read_text() == f"intro\n<!-- tables: {path} --shots 5 -->\n{expected}\n<!-- /tables -->\noutro\n"
+    assert docs_tables.main([str(page), "--check"]) == 0
+
+    page.write_text("<!-- tables: x -->\nno end marker\n")
+    with pytest.raises(ValueError, match="no `<!-- /tables -->` after it"):
+        docs_tables.main([str(page), "--check"])
+    page.write_text(f"<!-- tables: {path} --plot p.png -->\n<!-- /tables -->\n")
+    with pytest.raises(ValueError, match="cannot write a plot"):
+        docs_tables.main([str(page), "--check"])
 
 
 def test_map_marks_points_tried_on_fewer_splits():
