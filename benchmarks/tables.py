@@ -168,20 +168,9 @@ def _diff(row: dict) -> str:
     return f"{_signed(row['difference'], row['interval'])} | {row['wins']} / {row['ties']} / {row['losses']}"
 
 
-def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
-    """The budget-class comparisons and the study's three targets, each said plainly as met or not."""
-    rows = comparisons(records, budgets)
-    lines = [
-        "| budget | KAdaptation variant | against | dataset | splits | paired difference (± 95 % CI) "
-        "| wins / ties / losses |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| ~{row['budget'] // 1000}k | {row['variant']} | {row['peer']} | {row['dataset']} | {row['splits']} "
-            f"| {_diff(row)} |"
-        )
-    lines += ["", "Targets:"]
+def targets(records: list[RunRecord], rows: list[dict], budgets=BUDGETS) -> list[str]:
+    """The study's three targets, each said plainly as met or not, from `comparisons(records)` (`rows`)."""
+    lines = []
     smallest = min(budgets)
     first = [row for row in rows if row["budget"] == smallest and row["dataset"] == "pooled"]
     for row in first:
@@ -204,13 +193,13 @@ def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
                 f"- {row['variant']} (≤ ¼ of {LORA_R8}'s adapter parameters) reaches its accuracy (pooled mean paired "
                 f"difference ≥ 0): {met} ({_signed(row['difference'], row['interval'])} over {row['splits']} splits)."
             )
-    rows = summarise(records)
+    summary = summarise(records)
     linear = {
-        (t["dataset"], t["resolution"], t["shots"]): t["mean"] for t in rows if t["variant"].split()[0] == "linear"
+        (t["dataset"], t["resolution"], t["shots"]): t["mean"] for t in summary if t["variant"].split()[0] == "linear"
     }
     kadapt = sorted(
         ((t["dataset"], t["resolution"], t["shots"]), t["variant"], t["mean"])
-        for t in rows
+        for t in summary
         if t["variant"].split()[0] == "kadaptation"
     )
     below = [
@@ -219,6 +208,29 @@ def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
     cells = sum(key in linear for key, _, _ in kadapt)
     met = "met" if not below else f"not met ({'; '.join(below)})"
     lines.append(f"- every KAdaptation variant above the linear probe (mean test accuracy, {cells} cells): {met}.")
+    return lines
+
+
+def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
+    """The budget-class comparisons and the study's three targets, each said plainly as met or not."""
+    rows = comparisons(records, budgets)
+    lines = [
+        "| budget | KAdaptation variant | against | dataset | splits | paired difference (± 95 % CI) "
+        "| wins / ties / losses |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| ~{row['budget'] // 1000}k | {row['variant']} | {row['peer']} | {row['dataset']} | {row['splits']} "
+            f"| {_diff(row)} |"
+        )
+    lines += ["", "Targets:", *targets(records, rows, budgets)]
+    ks = sorted({str(r.shots) for r in records}, key=shots_order)
+    if len(ks) > 1:
+        lines += ["", "The same targets on each k's splits alone:"]
+        for k in ks:
+            alone = [r for r in records if str(r.shots) == k]
+            lines += [f"- k = {k}:", *(f"  {line}" for line in targets(alone, comparisons(alone, budgets), budgets))]
     return "\n".join(lines) + "\n"
 
 

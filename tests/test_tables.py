@@ -100,6 +100,30 @@ def test_verdict_uses_complete_splits_and_topped_up_records(tmp_path, capsys):
     assert "| linear | 2 | (-, 0.001): 2 | 0 |" in out  # chosen settings: one lr, nothing on an edge
 
 
+def test_verdict_checks_the_targets_on_each_k_alone_too(tmp_path, capsys):
+    qv = "targets=q_proj+v_proj"
+    records = []
+    for k, gains in ((5, (0.10, 0.11, 0.12)), (20, (-0.02, -0.03, -0.04))):
+        for seed, gain in enumerate(gains):
+            records += [
+                record(f"lora r=1 {qv}", seed, 0.5, 18_432),
+                record(f"kadaptation n=8 r=1 {qv}", seed, 0.5 + gain, 19_456),
+            ]
+            records[-2].shots = records[-1].shots = k
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    tables.main([str(path), "--verdict"])
+    out = capsys.readouterr().out
+    pooled, _, per_k = out.partition("The same targets on each k's splits alone:")
+    assert "not met (lower end -0.041)" in pooled  # six differences, mean +0.040: the k = 20 losses pull it under 0
+    k5, _, k20 = per_k.partition("- k = 20:")
+    assert "- k = 5:" in k5 and "met (lower end +0.085)" in k5 and "not met" not in k5  # +0.11 ± 0.025
+    assert "not met (lower end -0.055)" in k20  # -0.03 ± 0.025
+
+    tables.main([str(path), "--verdict", "--shots", "5"])
+    assert "each k's splits alone" not in capsys.readouterr().out  # one k: the targets above are already its own
+
+
 def test_chosen_point_on_the_grid_edge():
     grid = [{"learning_rate": lr, "alpha": a, "validation_accuracy": 0.5, "validation_loss": 1.0}
             for a in (1.0, 4.0) for lr in (1e-3, 3e-3, 1e-2)]  # fmt: skip
