@@ -16,7 +16,7 @@ paired difference against the class's LoRA on the same splits.
 
 Verdict (`--verdict`): in every budget class, each KAdaptation variant against each LoRA and LoKr variant of the
 class, paired over splits, per dataset and pooled over datasets (win / tie / loss counts), then the study's three
-targets checked from those numbers.
+targets checked from those numbers, pooled over k and, where the records have more than one k, on each k alone.
 """
 
 from __future__ import annotations
