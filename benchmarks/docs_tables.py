@@ -65,7 +65,10 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs from its records")
     args = p.parse_args(argv)
     path = Path(args.docs)
-    text, stale = regenerate(path.read_text())
+    try:
+        text, stale = regenerate(path.read_text())
+    except ValueError as error:
+        raise SystemExit(f"{path}: {error}") from None
     for block in stale:
         print(f"{'differs' if args.check else 'rewritten'}: <!-- tables: {block} -->")
     if not args.check and stale:

@@ -178,10 +178,12 @@ def test_docs_tables_rewrites_a_stale_block_and_check_names_it(tmp_path, capsys)
     assert docs_tables.main([str(page), "--check"]) == 0
 
     page.write_text("<!-- tables: x -->\nno end marker\n")
-    with pytest.raises(ValueError, match="no `<!-- /tables -->` after it"):
+    with pytest.raises(
+        SystemExit, match="page.md: a `<!-- tables:` block at character 0 has no `-->` or no `<!-- /tables -->`"
+    ):
         docs_tables.main([str(page), "--check"])
     page.write_text(f"<!-- tables: {path} --plot p.png -->\n<!-- /tables -->\n")
-    with pytest.raises(ValueError, match="cannot write a plot"):
+    with pytest.raises(SystemExit, match="page.md: .* a docs block cannot write a plot"):
         docs_tables.main([str(page), "--check"])
 
 
