@@ -176,6 +176,26 @@ def test_bench_argument_errors(tiny_backbone, tmp_path, extra, message):
         kadapt(bench_args(tiny_backbone, tmp_path, "--workers", "1", *extra))
 
 
+def test_a_split_the_dataset_cannot_give_fails_before_any_run(tiny_backbone, tmp_path):
+    # digits has 178 images in its smallest class: k = 5 fits, the full-shot subset of 100 plus 100 test images does not
+    out = tmp_path / "out"
+    args = bench_args(tiny_backbone, out, "--shots", "5,0", "--seeds", "0", "--methods", "linear", "--workers", "1")
+    args[args.index("--test_per_class") + 1] = "100"
+    with pytest.raises(ValueError) as raised:
+        kadapt(args)
+    message = str(raised.value)
+    for words in (
+        "digits at k=full (100/class)",
+        "Class '0' has 178 images",
+        "--full_shot_subset",
+        "Nothing was trained",
+    ):
+        assert words in message, message
+    assert not (out / "records.jsonl").exists()  # k = 5 came first in the queue and did not run either
+    kadapt([*args, "--full_shot_subset", "50"])
+    assert {r.shots for r in read_records(out / "records.jsonl")} == {5, "full (50/class)"}
+
+
 def test_downscaling_more_than_twice_warns(tmp_path):
     from peft_kadapt.training.bench.cli import warn_on_downscaling
 

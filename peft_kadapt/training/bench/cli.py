@@ -30,6 +30,7 @@ from .protocol import (
     Candidate,
     append_records,
     cached_dataset,
+    check_split,
     default_grid,
     job_key,
     normalised,
@@ -257,6 +258,9 @@ def run_bench(args) -> dict:
     shots, seeds = _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds")
     jobs = [(d, k, s) for s in seeds for d in datasets for k in shots]  # seed-major: a cut-short study covers all data
     warn_on_downscaling(resolution)
+    for d in datasets:  # an impossible split fails now, not hours into a study
+        for k in shots:
+            check_split(d, k, settings_of[d])
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records_path = Path(args.records) if args.records else output_dir / "records.jsonl"

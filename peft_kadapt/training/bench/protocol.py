@@ -124,6 +124,24 @@ def cached_dataset(name: str):
     return load_image_dataset(name)
 
 
+def check_split(dataset: str, k: int, settings: BenchSettings) -> None:
+    """Raise before any training if `dataset` cannot give the k-shot split `settings` ask for (the class sizes it
+    needs do not depend on the seed), naming the flags that change what it needs."""
+    try:
+        few_shot(
+            cached_dataset(dataset),
+            k or settings.full_shot_subset,
+            test_per_class=settings.test_per_class,
+            val_pool=settings.val_per_class if settings.validation == "pool" else None,
+        )
+    except ValueError as e:
+        size = "--shots" if k else "--full_shot_subset"
+        raise ValueError(
+            f"{dataset} at k={shots_label(k, settings)}: {e} In `kadapt bench`: lower {size}, --test_per_class or "
+            f"--val_per_class, or run {dataset} without this k. Nothing was trained."
+        ) from e
+
+
 @lru_cache(maxsize=2)
 def split_tensors(dataset: str, k: int, seed: int, settings: BenchSettings):
     """(train, validation, test) as (pixel_values, labels) tensors, and the class names."""
