@@ -124,16 +124,22 @@ def cached_dataset(name: str):
     return load_image_dataset(name)
 
 
+def draw_split(dataset: str, k: int, seed: int, settings: BenchSettings):
+    """The protocol's split of `dataset` (k = 0: the full-shot subset) as a `DatasetDict` of train, validation, test."""
+    return few_shot(
+        cached_dataset(dataset),
+        k or settings.full_shot_subset,
+        seed=seed,
+        test_per_class=settings.test_per_class,
+        val_pool=settings.val_per_class if settings.validation == "pool" else None,
+    )
+
+
 def check_split(dataset: str, k: int, settings: BenchSettings) -> None:
     """Raise before any training if `dataset` cannot give the k-shot split `settings` ask for (the class sizes it
     needs do not depend on the seed), naming the flags that change what it needs."""
     try:
-        few_shot(
-            cached_dataset(dataset),
-            k or settings.full_shot_subset,
-            test_per_class=settings.test_per_class,
-            val_pool=settings.val_per_class if settings.validation == "pool" else None,
-        )
+        draw_split(dataset, k, 0, settings)
     except ValueError as e:
         size = "--shots" if k else "--full_shot_subset"
         raise ValueError(
@@ -145,16 +151,8 @@ def check_split(dataset: str, k: int, settings: BenchSettings) -> None:
 @lru_cache(maxsize=2)
 def split_tensors(dataset: str, k: int, seed: int, settings: BenchSettings):
     """(train, validation, test) as (pixel_values, labels) tensors, and the class names."""
-    source = cached_dataset(dataset)
-    labels = source["train"].features["label"].names
-    pool = settings.validation == "pool"
-    splits = few_shot(
-        source,
-        k or settings.full_shot_subset,
-        seed=seed,
-        test_per_class=settings.test_per_class,
-        val_pool=settings.val_per_class if pool else None,
-    )
+    splits = draw_split(dataset, k, seed, settings)
+    labels = splits["train"].features["label"].names
     transform = image_transform(*image_normalization(settings.model_name_or_path), settings.resolution)
     return [to_tensors(splits[name], transform) for name in ("train", "validation", "test")], labels
 
