@@ -168,6 +168,8 @@ def test_validation_pool_is_disjoint_from_shots_and_test():
         (["--methods", "linear", "--grid", "lora r=8=1e-3"], "expected VARIANT=LR,LR with VARIANT one of"),
         (["--methods", "linear", "--grid", "linear=fast"], r"--grid 'fast': expected comma-separated numbers"),
         (["--shots", "five"], r"--shots 'five': expected comma-separated integers"),
+        (["--shots", "5,-20"], r"--shots '5,-20': every value must be 0 or more \(k images per class; 0 = full shot"),
+        (["--seeds", "-1"], r"--seeds '-1': every value must be 0 or more \(sampling seeds"),
         (["--resolution", "56px"], r"--resolution '56px': expected a size in pixels \(e.g. 112\) or auto"),
     ],
 )

@@ -153,11 +153,14 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise ValueError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 1e-3,3e-3.") from None
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def _ints(text: str, flag: str, meaning: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",")]
+        values = [int(x) for x in text.split(",")]
     except ValueError:
         raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 5,20.") from None
+    if any(v < 0 for v in values):
+        raise ValueError(f"{flag} {text!r}: every value must be 0 or more ({meaning}).")
+    return values
 
 
 def grids(args) -> dict[str, list[Candidate]]:
@@ -255,7 +258,8 @@ def run_bench(args) -> dict:
         )
     variant_grids = grids(args)
     settings_of = {d: replace(settings, resolution=resolution[d]) for d in datasets}
-    shots, seeds = _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds")
+    shots = _ints(args.shots, "--shots", "k images per class; 0 = full shot, e.g. 5,20,0")
+    seeds = _ints(args.seeds, "--seeds", "sampling seeds, e.g. 0,1,2")
     jobs = [(d, k, s) for s in seeds for d in datasets for k in shots]  # seed-major: a cut-short study covers all data
     warn_on_downscaling(resolution)
     for d in datasets:  # an impossible split fails now, not hours into a study
