@@ -157,7 +157,7 @@ def _ints(text: str, flag: str, meaning: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 5,20.") from None
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers ({meaning}).") from None
     if any(v < 0 for v in values):
         raise ValueError(f"{flag} {text!r}: every value must be 0 or more ({meaning}).")
     return values
