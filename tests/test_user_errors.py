@@ -141,6 +141,16 @@ def json_arguments_with_a_typo(tmp):
     return parse_args([str(tmp / "args.json")])
 
 
+def train_flags(*argv):
+    def mistake(tmp):
+        from peft_kadapt.training.run_image_classification import parse_args
+
+        return parse_args(list(argv))
+
+    mistake.__name__ = f"train_flags({' '.join(argv)})"
+    return mistake
+
+
 def push_without_network(tmp):
     return push_adapter(saved_adapter(tmp), "someone/x", base_model="facebook/dinov2-small")
 
@@ -202,6 +212,10 @@ ROWS = [
     (output_dir_locked_by_a_live_run, OutputDirError, ["Another run (process", ".kadapt.lock"]),
     # flags and argument files
     (json_arguments_with_a_typo, ValueError, ["learning_rte"]),
+    (train_flags("--shots", "-5"), ValueError, ["--shots must be 0 or more", "0 = every training image", "-5"]),
+    (train_flags("--val_shots", "0"), ValueError, ["--val_shots must be 1 or more", "leave it out"]),
+    (train_flags("--resolution", "-1"), ValueError, ["--resolution must be 1 or more"]),
+    (train_flags("--val_shots", "2", "--val_pool", "5"), ValueError, ["--val_shots and --val_pool", "pass one"]),
     # network
     (push_without_network, HubUnreachableError, ["someone/x", "HF_ENDPOINT", "HF_HUB_OFFLINE=1", "HF_TOKEN"]),
     (model_hub_id_without_network, HubUnreachableError, ["someone/no-such-vit", "not reachable", "HF_ENDPOINT"]),

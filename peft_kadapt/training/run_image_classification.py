@@ -74,6 +74,23 @@ class DataTrainingArguments:
     sampling_seed: int = field(default=0, metadata={"help": "Seed of the few-shot sampling."})
     resolution: int = field(default=112, metadata={"help": "Input resolution in pixels."})
 
+    def __post_init__(self):
+        # Checked here, where the message can name the flag; `few_shot` keeps its own checks for library callers.
+        if self.shots < 0:
+            raise ValueError(
+                f"--shots must be 0 or more (images per class, validation included; 0 = every training image), "
+                f"got {self.shots}."
+            )
+        for flag in ("val_shots", "val_pool", "test_per_class", "resolution"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} must be 1 or more, got {value}; leave it out for the default.")
+        if self.val_shots is not None and self.val_pool is not None:
+            raise ValueError(
+                "--val_shots and --val_pool are alternatives (validation carved from the shots, or drawn outside "
+                "them); pass one of them."
+            )
+
 
 @dataclass
 class ImageClassificationTrainingArguments(TrainingArguments):
