@@ -181,6 +181,14 @@ def intrinsic_bad_regex(tmp, backbone):
     return kadapt(["intrinsic-dim", "--model_name_or_path", backbone, "--group", "q=(", "--output_dir", str(tmp)])
 
 
+def intrinsic_flags(*argv):
+    def mistake(tmp, backbone):
+        return kadapt(["intrinsic-dim", "--model_name_or_path", backbone, "--output_dir", str(tmp), *argv])
+
+    mistake.__name__ = f"intrinsic_flags({' '.join(argv)})"
+    return mistake
+
+
 ROWS = [
     # (mistake, exception type, words the message must contain)
     # data read unfaithfully
@@ -226,6 +234,10 @@ ROWS_WITH_BACKBONE = [
     (kadapt_config_is_lora, ValueError, ["--kadapt_config", "LORA config, not KAdaptation"]),
     (bench_unknown_variant_key, ValueError, ["'rank=4'", "KEY one of", "'n'"]),
     (intrinsic_bad_regex, ValueError, ["--group 'q=('", "not a valid regular expression"]),
+    (intrinsic_flags("--shots", "-5"), ValueError, ["--shots must be 1 or more", "-5"]),
+    (intrinsic_flags("--val_per_class", "0"), ValueError, ["--val_per_class must be 1 or more"]),
+    (intrinsic_flags("--seeds", "0,-1"), ValueError, ["--seeds '0,-1'", "0 or more"]),
+    (intrinsic_flags("--seeds", "0;1"), ValueError, ["--seeds '0;1'", "comma-separated", "e.g. 0,1,2"]),
 ]
 
 

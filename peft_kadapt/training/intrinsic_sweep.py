@@ -154,6 +154,25 @@ def parse_dims(text: str) -> list[int]:
     return dims
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated sampling seeds, e.g. 0,1,2.") from None
+    if min(seeds) < 0:
+        raise ValueError(f"--seeds {text!r}: seeds must be 0 or more, e.g. 0,1,2.")
+    return seeds
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Counts of images, pixels and steps must be at least 1 (there is no full-shot mode here: validation is drawn
+    from outside the shots)."""
+    for flag in ("shots", "val_per_class", "test_per_class", "resolution", "steps", "batch_size"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise ValueError(f"--{flag} must be 1 or more, got {value}.")
+
+
 def subspace_run(model, names, d, data, recipe, extra, scale: float, head: list[str]) -> tuple[float, float]:
     """Train θ_d and the head through `Subspace`; (validation, test) accuracy. The model's weights are restored."""
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
@@ -213,7 +232,8 @@ def run_sweep(args: argparse.Namespace) -> dict:
     groups, dims = parse_groups(args.group), parse_dims(args.dims)
     full_lrs = parse_lrs(args.full_lr)  # checked before anything loads, also when --reference best leaves it unused
     full_lrs = full_lrs if args.reference == "full" else []
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_seeds(args.seeds)
+    check_counts(args)
     source = load_image_dataset(args.dataset_name)
     labels = source["train"].features["label"].names
     torch.manual_seed(seeds[0])
