@@ -171,6 +171,8 @@ def test_validation_pool_is_disjoint_from_shots_and_test():
         (["--shots", "5,-20"], r"--shots '5,-20': every value must be 0 or more \(k images per class; 0 = full shot"),
         (["--seeds", "-1"], r"--seeds '-1': every value must be 0 or more \(sampling seeds"),
         (["--resolution", "56px"], r"--resolution '56px': expected a size in pixels \(e.g. 112\) or auto"),
+        (["--steps", "0"], r"--steps 0: expected 1 or more"),
+        (["--val_per_class", "-2"], r"--val_per_class -2: expected 1 or more"),
     ],
 )
 def test_bench_argument_errors(tiny_backbone, tmp_path, extra, message):

@@ -256,6 +256,9 @@ def run_bench(args) -> dict:
         raise ValueError(
             f"--extend_edges {args.extend_edges}: expected 0 (no extension) or a positive number of rounds."
         )
+    for flag in ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} {getattr(args, flag)}: expected 1 or more.")
     variant_grids = grids(args)
     settings_of = {d: replace(settings, resolution=resolution[d]) for d in datasets}
     shots = _ints(args.shots, "--shots", "k images per class; 0 = full shot, e.g. 5,20,0")
