@@ -234,8 +234,8 @@ ROWS_WITH_BACKBONE = [
     (kadapt_config_is_lora, ValueError, ["--kadapt_config", "LORA config, not KAdaptation"]),
     (bench_unknown_variant_key, ValueError, ["'rank=4'", "KEY one of", "'n'"]),
     (intrinsic_bad_regex, ValueError, ["--group 'q=('", "not a valid regular expression"]),
-    (intrinsic_flags("--shots", "-5"), ValueError, ["--shots must be 1 or more", "-5"]),
-    (intrinsic_flags("--val_per_class", "0"), ValueError, ["--val_per_class must be 1 or more"]),
+    (intrinsic_flags("--shots", "-5"), ValueError, ["--shots -5: expected 1 or more"]),
+    (intrinsic_flags("--val_per_class", "0"), ValueError, ["--val_per_class 0: expected 1 or more"]),
     (intrinsic_flags("--seeds", "0,-1"), ValueError, ["--seeds '0,-1'", "0 or more"]),
     (intrinsic_flags("--seeds", "0;1"), ValueError, ["--seeds '0;1'", "comma-separated", "e.g. 0,1,2"]),
 ]

@@ -34,6 +34,7 @@ from ..intrinsic import DEFAULT_GROUPS, RunResult, Subspace, d90, group_paramete
 from .backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwargs, resolve_model
 from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, evaluate, fit
+from .flags import comma_ints, require_counts
 from .methods import HEAD
 from .outputs import write_atomically
 
@@ -154,25 +155,6 @@ def parse_dims(text: str) -> list[int]:
     return dims
 
 
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected comma-separated sampling seeds, e.g. 0,1,2.") from None
-    if min(seeds) < 0:
-        raise ValueError(f"--seeds {text!r}: seeds must be 0 or more, e.g. 0,1,2.")
-    return seeds
-
-
-def check_counts(args: argparse.Namespace) -> None:
-    """Counts of images, pixels and steps must be at least 1 (there is no full-shot mode here: validation is drawn
-    from outside the shots)."""
-    for flag in ("shots", "val_per_class", "test_per_class", "resolution", "steps", "batch_size"):
-        value = getattr(args, flag)
-        if value < 1:
-            raise ValueError(f"--{flag} must be 1 or more, got {value}.")
-
-
 def subspace_run(model, names, d, data, recipe, extra, scale: float, head: list[str]) -> tuple[float, float]:
     """Train θ_d and the head through `Subspace`; (validation, test) accuracy. The model's weights are restored."""
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
@@ -232,8 +214,9 @@ def run_sweep(args: argparse.Namespace) -> dict:
     groups, dims = parse_groups(args.group), parse_dims(args.dims)
     full_lrs = parse_lrs(args.full_lr)  # checked before anything loads, also when --reference best leaves it unused
     full_lrs = full_lrs if args.reference == "full" else []
-    seeds = parse_seeds(args.seeds)
-    check_counts(args)
+    seeds = comma_ints(args.seeds, "--seeds", "sampling seeds, e.g. 0,1,2")
+    # no full-shot mode here (validation is drawn from outside the shots), so --shots counts too
+    require_counts(args, ("shots", "val_per_class", "test_per_class", "resolution", "steps", "batch_size"))
     source = load_image_dataset(args.dataset_name)
     labels = source["train"].features["label"].names
     torch.manual_seed(seeds[0])

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbones import DINOV2_SMALL_ALIAS, pos_encoding_kwargs
+from ..flags import comma_ints, require_counts
 from ..methods import build_model, parse_variant
 from ..outputs import claim_output_dir, write_atomically
 from .profiling import speed_table
@@ -153,16 +154,6 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise ValueError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 1e-3,3e-3.") from None
 
 
-def _ints(text: str, flag: str, meaning: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers ({meaning}).") from None
-    if any(v < 0 for v in values):
-        raise ValueError(f"{flag} {text!r}: every value must be 0 or more ({meaning}).")
-    return values
-
-
 def grids(args) -> dict[str, list[Candidate]]:
     """Variant -> grid points, from the method table, --adapter_lrs, --alphas and --grid."""
     variants = [v.strip() for v in args.methods.split(",") if v.strip()]
@@ -256,13 +247,11 @@ def run_bench(args) -> dict:
         raise ValueError(
             f"--extend_edges {args.extend_edges}: expected 0 (no extension) or a positive number of rounds."
         )
-    for flag in ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} {getattr(args, flag)}: expected 1 or more.")
+    require_counts(args, ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size"))
     variant_grids = grids(args)
     settings_of = {d: replace(settings, resolution=resolution[d]) for d in datasets}
-    shots = _ints(args.shots, "--shots", "k images per class; 0 = full shot, e.g. 5,20,0")
-    seeds = _ints(args.seeds, "--seeds", "sampling seeds, e.g. 0,1,2")
+    shots = comma_ints(args.shots, "--shots", "k images per class; 0 = full shot, e.g. 5,20,0")
+    seeds = comma_ints(args.seeds, "--seeds", "sampling seeds, e.g. 0,1,2")
     jobs = [(d, k, s) for s in seeds for d in datasets for k in shots]  # seed-major: a cut-short study covers all data
     warn_on_downscaling(resolution)
     for d in datasets:  # an impossible split fails now, not hours into a study
