@@ -173,6 +173,12 @@ def test_validation_pool_is_disjoint_from_shots_and_test():
         (["--resolution", "56px"], r"--resolution '56px': expected a size in pixels \(e.g. 112\) or auto"),
         (["--steps", "0"], r"--steps 0: expected 1 or more"),
         (["--val_per_class", "-2"], r"--val_per_class -2: expected 1 or more"),
+        (["--alphas", "4,0"], r"--alphas '4,0': every value must be above 0 \(adapter scales"),
+        (["--adapter_lrs", "1e-3,-1e-3"], r"--adapter_lrs '1e-3,-1e-3': every value must be above 0 \(learning rates"),
+        (["--methods", "linear", "--grid", "linear=0"], r"--grid '0': every value must be above 0"),
+        (["--warmup_steps", "-5"], r"--warmup_steps -5: expected 0 or more"),
+        (["--speed_rounds", "-1"], r"--speed_rounds -1: expected 0 or more"),
+        (["--workers", "0"], r"--workers 0: expected 1 or more"),
     ],
 )
 def test_bench_argument_errors(tiny_backbone, tmp_path, extra, message):

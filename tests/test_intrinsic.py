@@ -315,9 +315,12 @@ def test_full_reference_learning_rate_is_chosen_on_validation_and_a_sweep_resume
     [
         ("--group", "qv", r"--group 'qv': expected NAME=REGEX"),
         ("--group", "qv=(", r"--group 'qv=\(': '\(' is not a valid regular expression"),
-        ("--dims", "0,ten", r"--dims '0,ten': expected comma-separated non-negative integers"),
-        ("--dims", "-5,10", r"d must be >= 0"),
-        ("--full_lr", "1e-4,fast", r"--full_lr '1e-4,fast': expected comma-separated positive learning rates"),
+        ("--dims", "0,ten", r"--dims '0,ten': expected comma-separated integers \(subspace sizes d"),
+        ("--dims", "-5,10", r"--dims '-5,10': every value must be 0 or more \(subspace sizes d; 0 trains the head"),
+        ("--full_lr", "1e-4,fast", r"--full_lr '1e-4,fast': expected comma-separated numbers \(learning rates"),
+        ("--full_lr", "1e-4,0", r"--full_lr '1e-4,0': every value must be above 0 \(learning rates"),
+        ("--lr", "0", r"--lr 0.0: expected a learning rate above 0"),
+        ("--lr_ref_d", "0", r"--lr_ref_d 0: expected 1 or more"),
     ],
 )
 def test_argument_errors_name_the_flag(tiny_backbone, tmp_path, flag, value, message):

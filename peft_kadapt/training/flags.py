@@ -16,9 +16,29 @@ def comma_ints(text: str, flag: str, meaning: str) -> list[int]:
     return values
 
 
-def require_counts(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
-    """Each of `flags` (attribute names of `args`) counts images, pixels or steps: 1 or more."""
+def comma_floats(text: str, flag: str, meaning: str) -> list[float]:
+    """`"1e-3,3e-3"` -> `[0.001, 0.003]`; every value a number above 0 (learning rates and adapter scales: 0 would
+    train nothing, and a negative one climbs the loss). `meaning` says what the values are, with an example."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers ({meaning}).") from None
+    if any(not v > 0 for v in values):  # also refuses nan
+        raise ValueError(f"{flag} {text!r}: every value must be above 0 ({meaning}).")
+    return values
+
+
+def require_counts(args: argparse.Namespace, flags: tuple[str, ...], minimum: int = 1) -> None:
+    """Each of `flags` (attribute names of `args`) counts images, pixels, steps or processes: `minimum` or more."""
     for flag in flags:
         value = getattr(args, flag)
-        if value < 1:
-            raise ValueError(f"--{flag} {value}: expected 1 or more.")
+        if value < minimum:
+            raise ValueError(f"--{flag} {value}: expected {minimum} or more.")
+
+
+def require_learning_rates(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
+    """Each of `flags` is a learning rate above 0, or None where the flag was left out (its default applies)."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{flag} {value}: expected a learning rate above 0, e.g. 1e-2.")

@@ -34,7 +34,7 @@ from ..intrinsic import DEFAULT_GROUPS, RunResult, Subspace, d90, group_paramete
 from .backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwargs, resolve_model
 from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, evaluate, fit
-from .flags import comma_ints, require_counts
+from .flags import comma_floats, comma_ints, require_counts, require_learning_rates
 from .methods import HEAD
 from .outputs import write_atomically
 
@@ -95,16 +95,6 @@ def parse_groups(specs: list[str] | None) -> dict[str, str]:
     return groups
 
 
-def parse_lrs(text: str) -> list[float]:
-    try:
-        lrs = [float(x) for x in text.split(",")]
-    except ValueError:
-        lrs = []
-    if not lrs or any(not lr > 0 for lr in lrs):
-        raise ValueError(f"--full_lr {text!r}: expected comma-separated positive learning rates, e.g. 1e-5,1e-4.")
-    return lrs
-
-
 RUN_SETTINGS = (
     "model_name_or_path",
     "dataset_name",
@@ -143,16 +133,6 @@ def previous_runs(output_dir: Path, identity: dict, groups: dict[str, str]) -> d
 
 def _run_key(r: dict) -> tuple:
     return (r["kind"], r["group"], r["d"] if r["kind"] == "subspace" else r["learning_rate"], r["seed"])
-
-
-def parse_dims(text: str) -> list[int]:
-    try:
-        dims = sorted({int(x) for x in text.split(",")})
-    except ValueError:
-        raise ValueError(f"--dims {text!r}: expected comma-separated non-negative integers, e.g. 0,10,100.") from None
-    if dims[0] < 0:
-        raise ValueError(f"--dims {text!r}: d must be >= 0 (0 trains the head alone).")
-    return dims
 
 
 def subspace_run(model, names, d, data, recipe, extra, scale: float, head: list[str]) -> tuple[float, float]:
@@ -211,12 +191,15 @@ def run_sweep(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForImageClassification
 
     start = time.perf_counter()
-    groups, dims = parse_groups(args.group), parse_dims(args.dims)
-    full_lrs = parse_lrs(args.full_lr)  # checked before anything loads, also when --reference best leaves it unused
+    groups = parse_groups(args.group)
+    dims = sorted(set(comma_ints(args.dims, "--dims", "subspace sizes d; 0 trains the head alone, e.g. 0,10,100")))
+    # checked before anything loads, also when --reference best leaves it unused
+    full_lrs = comma_floats(args.full_lr, "--full_lr", "learning rates, e.g. 1e-5,1e-4")
     full_lrs = full_lrs if args.reference == "full" else []
     seeds = comma_ints(args.seeds, "--seeds", "sampling seeds, e.g. 0,1,2")
     # no full-shot mode here (validation is drawn from outside the shots), so --shots counts too
-    require_counts(args, ("shots", "val_per_class", "test_per_class", "resolution", "steps", "batch_size"))
+    require_counts(args, ("shots", "val_per_class", "test_per_class", "resolution", "steps", "batch_size", "lr_ref_d"))
+    require_learning_rates(args, ("lr",))
     source = load_image_dataset(args.dataset_name)
     labels = source["train"].features["label"].names
     torch.manual_seed(seeds[0])

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbones import DINOV2_SMALL_ALIAS, pos_encoding_kwargs
-from ..flags import comma_ints, require_counts
+from ..flags import comma_floats, comma_ints, require_counts, require_learning_rates
 from ..methods import build_model, parse_variant
 from ..outputs import claim_output_dir, write_atomically
 from .profiling import speed_table
@@ -147,24 +147,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 1e-3,3e-3.") from None
-
-
 def grids(args) -> dict[str, list[Candidate]]:
     """Variant -> grid points, from the method table, --adapter_lrs, --alphas and --grid."""
     variants = [v.strip() for v in args.methods.split(",") if v.strip()]
     for v in variants:
         parse_variant(v)  # errors before any training
-    alphas = _floats(args.alphas, "--alphas") if args.alphas else None
+    alphas = tuple(comma_floats(args.alphas, "--alphas", "adapter scales, e.g. 1,4,16")) if args.alphas else None
     out = {v: default_grid(v, alphas) for v in variants}
     if args.quick:
         out = {v: [Candidate(1e-2 if v == "linear" else 1e-3)] for v in variants}
     if args.adapter_lrs:
-        lrs = _floats(args.adapter_lrs, "--adapter_lrs")
+        lrs = comma_floats(args.adapter_lrs, "--adapter_lrs", "learning rates, e.g. 1e-3,3e-3")
         for v, grid in out.items():
             if parse_variant(v).method in ("kadaptation", "lora", "lokr"):
                 out[v] = [Candidate(lr, a) for a in dict.fromkeys(c.alpha for c in grid) for lr in lrs]
@@ -173,7 +166,9 @@ def grids(args) -> dict[str, list[Candidate]]:
         if name not in out or not values:
             raise ValueError(f"--grid {item!r}: expected VARIANT=LR,LR with VARIANT one of {list(out)}.")
         out[name] = [
-            Candidate(lr, a) for a in dict.fromkeys(c.alpha for c in out[name]) for lr in _floats(values, "--grid")
+            Candidate(lr, a)
+            for a in dict.fromkeys(c.alpha for c in out[name])
+            for lr in comma_floats(values, "--grid", "learning rates, e.g. 1e-3,3e-3")
         ]
     return out
 
@@ -241,13 +236,13 @@ def run_bench(args) -> dict:
         bf16=args.bf16,
         head_learning_rate=args.head_lr,
     )
-    if args.head_lr is not None and not args.head_lr > 0:
-        raise ValueError(f"--head_lr {args.head_lr}: expected a learning rate above 0, e.g. 1e-2.")
+    require_learning_rates(args, ("head_lr",))
     if args.extend_edges < 0:
         raise ValueError(
             f"--extend_edges {args.extend_edges}: expected 0 (no extension) or a positive number of rounds."
         )
-    require_counts(args, ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size"))
+    require_counts(args, ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size", "workers"))
+    require_counts(args, ("warmup_steps", "speed_rounds"), minimum=0)
     variant_grids = grids(args)
     settings_of = {d: replace(settings, resolution=resolution[d]) for d in datasets}
     shots = comma_ints(args.shots, "--shots", "k images per class; 0 = full shot, e.g. 5,20,0")
