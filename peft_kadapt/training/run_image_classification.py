@@ -117,6 +117,20 @@ class ImageClassificationTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Replace the files of an earlier run in --output_dir (others are kept)."}
     )
 
+    def __post_init__(self):
+        # Values the Trainer would take without a word (learning rate 0, 0 epochs: an untrained model saved as a
+        # result) or refuse only later, in its data loader, without naming the flag.
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(
+                f"--learning_rate must be above 0, got {self.learning_rate}; leave it out for the method's default."
+            )
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise ValueError(f"--num_train_epochs must be above 0 (or pass --max_steps), got {self.num_train_epochs}.")
+        for flag in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, flag) < 1:
+                raise ValueError(f"--{flag} must be 1 or more, got {getattr(self, flag)}.")
+        super().__post_init__()
+
 
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ImageClassificationTrainingArguments))
