@@ -1,5 +1,6 @@
 """The Accelerate loop with two real CPU processes (torchrun, gloo)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -54,3 +55,22 @@ def test_two_processes_agree_and_evaluate_each_example_once(tmp_path, launcher):
         "rank0.safetensors",
         "rank1.safetensors",
     ]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--learning_rate", "0"], "--learning_rate must be above 0, got 0.0; leave it out for the method's default"),
+        (["--num_train_epochs", "0"], "--num_train_epochs must be 1 or more, got 0"),
+        (["--num_train_epochs", "0", "--max_train_steps", "-1"], "--max_train_steps must be 1 or more, got -1"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be 1 or more, got 0"),
+    ],
+)
+def test_impossible_values_are_refused_by_flag_name(argv, message, capsys):
+    spec = importlib.util.spec_from_file_location("no_trainer", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exited:
+        script.parse_args(argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    script.parse_args(["--num_train_epochs", "0", "--max_train_steps", "5"])  # steps given: epochs are not used

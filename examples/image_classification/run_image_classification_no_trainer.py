@@ -81,7 +81,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="also write each process's trainable weights to rank<N>.safetensors (to check that they agree)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Refused here, by flag name: a learning rate of 0 would save an untrained adapter as a result, and a count of 0
+    # fails late (0 epochs: no checkpoint chosen to load at the end).
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        p.error(f"--learning_rate must be above 0, got {args.learning_rate}; leave it out for the method's default")
+    counts = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
+    counts.append("num_train_epochs" if args.max_train_steps is None else "max_train_steps")
+    for flag in counts:
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be 1 or more, got {getattr(args, flag)}")
+    return args
 
 
 @torch.no_grad()
