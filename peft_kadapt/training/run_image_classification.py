@@ -50,6 +50,14 @@ from peft_kadapt.training import (
 logger = logging.getLogger(__name__)
 
 
+def _require_one_or_more(arguments, flags: tuple[str, ...]) -> None:
+    """Each of `flags` (fields of an arguments dataclass) is 1 or more, or None where left out for its default."""
+    for flag in flags:
+        value = getattr(arguments, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be 1 or more, got {value}; leave it out for the default.")
+
+
 @dataclass
 class DataTrainingArguments:
     """Which images, how many, at what resolution."""
@@ -81,10 +89,7 @@ class DataTrainingArguments:
                 f"--shots must be 0 or more (images per class, validation included; 0 = every training image), "
                 f"got {self.shots}."
             )
-        for flag in ("val_shots", "val_pool", "test_per_class", "resolution"):
-            value = getattr(self, flag)
-            if value is not None and value < 1:
-                raise ValueError(f"--{flag} must be 1 or more, got {value}; leave it out for the default.")
+        _require_one_or_more(self, ("val_shots", "val_pool", "test_per_class", "resolution"))
         if self.val_shots is not None and self.val_pool is not None:
             raise ValueError(
                 "--val_shots and --val_pool are alternatives (validation carved from the shots, or drawn outside "
@@ -126,9 +131,7 @@ class ImageClassificationTrainingArguments(TrainingArguments):
             )
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError(f"--num_train_epochs must be above 0 (or pass --max_steps), got {self.num_train_epochs}.")
-        for flag in ("per_device_train_batch_size", "per_device_eval_batch_size"):
-            if getattr(self, flag) < 1:
-                raise ValueError(f"--{flag} must be 1 or more, got {getattr(self, flag)}.")
+        _require_one_or_more(self, ("per_device_train_batch_size", "per_device_eval_batch_size"))
         super().__post_init__()
 
 
