@@ -57,6 +57,15 @@ def test_two_processes_agree_and_evaluate_each_example_once(tmp_path, launcher):
     ]
 
 
+@pytest.fixture(scope="module")
+def no_trainer_script():
+    """The example script as a module (it is a file, not part of the package), loaded once."""
+    spec = importlib.util.spec_from_file_location("no_trainer", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -66,11 +75,12 @@ def test_two_processes_agree_and_evaluate_each_example_once(tmp_path, launcher):
         (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be 1 or more, got 0"),
     ],
 )
-def test_impossible_values_are_refused_by_flag_name(argv, message, capsys):
-    spec = importlib.util.spec_from_file_location("no_trainer", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_impossible_values_are_refused_by_flag_name(no_trainer_script, argv, message, capsys):
     with pytest.raises(SystemExit) as exited:
-        script.parse_args(argv)
+        no_trainer_script.parse_args(argv)
     assert exited.value.code == 2 and message in capsys.readouterr().err
-    script.parse_args(["--num_train_epochs", "0", "--max_train_steps", "5"])  # steps given: epochs are not used
+
+
+def test_max_train_steps_stands_in_for_epochs(no_trainer_script):
+    args = no_trainer_script.parse_args(["--num_train_epochs", "0", "--max_train_steps", "5"])  # epochs are not used
+    assert args.max_train_steps == 5
