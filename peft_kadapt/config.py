@@ -10,6 +10,7 @@ from peft.config import PeftConfig
 from peft.utils import PeftType
 
 from ._registration import ensure_peft_type
+from .parametrization import DEFAULT_ALPHA, PARAMETRIZATIONS
 
 
 SHARE_SLOW_WEIGHTS = ("per_target", "global", "none")
@@ -69,7 +70,7 @@ class KAdaptationConfig(PeftConfig):
 
     Each adapted linear layer with weight of shape (k, d) = (out_features, in_features) gets the additive update
 
-        ΔW = scaling · Σ_{i=1..n} A_i ⊗ (u_i v_iᵀ),    scaling = alpha / sqrt(n · r)
+        ΔW = scaling · Σ_{i=1..n} A_i ⊗ (u_i v_iᵀ),    scaling = alpha / sqrt(r)
 
     where the n "slow" matrices A_i (n × n) are shared by every layer of a sharing group and the "fast" factors
     u_i (k/n × r) and v_i (d/n × r) belong to one layer. A layer costs r·(k + d) trainable parameters, like LoRA at
@@ -85,9 +86,11 @@ class KAdaptationConfig(PeftConfig):
         r (`int`):
             Rank of each fast product u_i v_iᵀ. Defaults to 1, the paper's value.
         alpha (`float`):
-            Scale of the update: `scaling = alpha / sqrt(n * r)`. With the default init (A_i ~ N(0, 1),
-            u_i ~ N(0, 0.1²)) the update moves at a scale of about `0.1 * alpha` whatever n and r are, so one learning
-            rate carries across settings. Defaults to 4.0.
+            Scale of the update, as LoRA's `lora_alpha`: `scaling = alpha / sqrt(r)` (`parametrization="legacy"`:
+            `alpha / sqrt(n * r)`). Under the default parametrisation a step at a given alpha and learning rate moves
+            each adapted layer about as far as a LoRA step does at the same alpha and learning rate, whatever n, r and
+            the layer's width, so settings that work for LoRA work here (docs/kadaptation.md). `None` (default): 16.0
+            (4.0 with `parametrization="legacy"`, its old default).
         kadapt_dropout (`float`):
             Dropout probability on the input of the adapter branch (as LoRA's `lora_dropout`). Defaults to 0.0.
         target_modules (`Optional[Union[list[str], str]]`):
@@ -104,9 +107,10 @@ class KAdaptationConfig(PeftConfig):
             Name of the `nn.ModuleList` holding the blocks (e.g. `"layers"` or `"layer"`); only used with
             `layers_to_transform`.
         init_weights (`bool`):
-            `True` (default): A_i ~ N(0, 1), u_i ~ N(0, 0.1²), v_i = 0, so ΔW = 0 at step 0 and every factor receives
-            gradient from the first optimiser step on (the official code zeroes u and v, so its Kronecker term never
-            trains). `False`: v_i ~ N(0, 0.1²) too, a random non-zero ΔW, for tests.
+            `True` (default): ΔW = 0 at step 0 and every factor receives gradient from the first optimiser step on:
+            u_i = 0, v_i ~ N(0, 1/(3·in_features)), A_i ~ N(0, 1/n), as LoRA starts B = 0 with a random A (legacy:
+            u_i ~ N(0, 0.1²), v_i = 0, A_i ~ N(0, 1)). The official code zeroes u and v, so its Kronecker term never
+            trains. `False`: u_i random too, a random non-zero ΔW, for tests.
         share_slow_weights (`str`):
             Which layers share one A-set. `"per_target"` (default, the paper's choice): one A-set per target-module
             name (e.g. all `q_proj` layers share one, all `v_proj` layers another). `"global"`: one A-set for every
@@ -132,11 +136,19 @@ class KAdaptationConfig(PeftConfig):
             model), or `"kadapt_only"` (the biases of the adapted layers; the official code trains such a bias next to
             the Kronecker term). Trained biases are saved with the adapter. They are the base model's own biases, so
             disabling or unmerging the adapter does not restore the original ones.
+        parametrization (`str`):
+            How the factors start and how the update is scaled. `"lora_matched"` (default): as above, chosen so that
+            alpha and the learning rate mean what they mean for LoRA and need no re-tuning when n, r or the targets
+            change. `"legacy"`: peft_kadapt 0.1's (u ~ N(0, 0.1²), v = 0, A ~ N(0, 1), `alpha / sqrt(n * r)`), whose
+            update grew with the layer's input width; an adapter_config.json without this field was saved by 0.1
+            and loads as `"legacy"`, so its outputs do not change.
     """
 
     n: int = field(default=8, metadata={"help": "Number of Kronecker terms; must divide in/out features."})
     r: int = field(default=1, metadata={"help": "Rank of each fast product u_i v_iᵀ."})
-    alpha: float = field(default=4.0, metadata={"help": "Scale of the update: scaling = alpha / sqrt(n * r)."})
+    alpha: float | None = field(
+        default=None, metadata={"help": "Scale of the update: scaling = alpha / sqrt(r); 16 when None (legacy: 4)."}
+    )
     kadapt_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter branch input."})
     target_modules: list[str] | str | None = field(
         default=None,
@@ -178,6 +190,13 @@ class KAdaptationConfig(PeftConfig):
         default="none",
         metadata={"help": "Biases that train: 'none', 'all', or 'kadapt_only' (of the adapted layers)."},
     )
+    parametrization: Literal["lora_matched", "legacy"] | None = field(
+        default=None,
+        metadata={
+            "help": "'lora_matched' (default): the update of LoRA at the same alpha and learning rate; 'legacy': "
+            "peft_kadapt 0.1's init and scaling (adapters saved by 0.1 load with it)."
+        },
+    )
 
     def __post_init__(self):
         ensure_peft_type()
@@ -187,8 +206,20 @@ class KAdaptationConfig(PeftConfig):
                 raise ValueError(
                     f"`{name}` should be a list of module names or a regex string but the value passed is {value!r}."
                 )
+        # a config that arrives with its peft_type was read from a file; one without `parametrization` was saved by
+        # peft_kadapt 0.1, whose adapters trained under what is now "legacy"
+        from_file = self.peft_type is not None
         super().__post_init__()
         self.peft_type = PeftType.KADAPTATION
+        if self.parametrization is None:
+            self.parametrization = "legacy" if from_file else "lora_matched"
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"`parametrization` should be one of {PARAMETRIZATIONS} but the value passed is "
+                f"{self.parametrization!r}."
+            )
+        if self.alpha is None:
+            self.alpha = DEFAULT_ALPHA[self.parametrization]
         self.target_modules = (
             set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
         )

@@ -14,10 +14,10 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import KAdaptationConfig
 from .functional import kron_delta_weight, kron_forward, prefer_factored, slow_matrices
+from .parametrization import fast_init_stds, scaling
 
 
 SUPPORTED_LAYER_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D", "torch.nn.Conv2d (groups=1)")
-U_INIT_STD = 0.1
 
 
 def divisors_of_both(a: int, b: int) -> list[int]:
@@ -61,7 +61,7 @@ class KAdaptationLayer(BaseTunerLayer):
     # per-adapter trainable containers; `kadapt_A` (full A_i, or left factors a_i) and `kadapt_A_right` (right factors
     # c_i, with `slow_rank`) are the model-level containers of shared slow weights
     adapter_layer_names = ("kadapt_u", "kadapt_v", "kadapt_A", "kadapt_A_right")
-    other_param_names = ("n", "r", "scaling", "kadapt_dropout", "slow_key", "forward_mode")
+    other_param_names = ("n", "r", "scaling", "kadapt_dropout", "slow_key", "forward_mode", "parametrization")
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         self.base_layer = base_layer
@@ -70,6 +70,7 @@ class KAdaptationLayer(BaseTunerLayer):
         self.scaling: dict[str, float] = {}
         self.slow_key: dict[str, str] = {}
         self.forward_mode: dict[str, str] = {}
+        self.parametrization: dict[str, str] = {}
         self.kadapt_dropout = nn.ModuleDict({})
         self.kadapt_u = nn.ParameterDict({})
         self.kadapt_v = nn.ParameterDict({})
@@ -96,8 +97,8 @@ class KAdaptationLayer(BaseTunerLayer):
         n, r = config.n, config.r
         check_n_divides(n, self.in_features, self.out_features, module_name or type(self).__name__)
         self.n[adapter_name], self.r[adapter_name] = n, r
-        # A = slow_lr_ratio · Â (see KAdaptationConfig.slow_lr_ratio): the ratio enters the scaling, Â is stored
-        self.scaling[adapter_name] = config.alpha / math.sqrt(n * r) * config.slow_lr_ratio
+        self.scaling[adapter_name] = scaling(config.parametrization, config.alpha, n, r, config.slow_lr_ratio)
+        self.parametrization[adapter_name] = config.parametrization
         self.slow_key[adapter_name] = slow_key
         self.forward_mode[adapter_name] = config.forward_mode
         dropout = nn.Dropout(p=config.kadapt_dropout) if config.kadapt_dropout > 0 else nn.Identity()
@@ -117,12 +118,10 @@ class KAdaptationLayer(BaseTunerLayer):
     def reset_kadapt_parameters(self, adapter_name: str, init_weights: bool) -> None:
         if self.kadapt_u[adapter_name].is_meta:
             return
-        nn.init.normal_(self.kadapt_u[adapter_name], std=U_INIT_STD)
-        if init_weights:
-            # v = 0 gives ΔW = 0 while dL/dv = 0 does not hold: every factor trains from the first step
-            nn.init.zeros_(self.kadapt_v[adapter_name])
-        else:
-            nn.init.normal_(self.kadapt_v[adapter_name], std=U_INIT_STD)
+        # one fast factor at 0 gives ΔW = 0 while the other's gradient is not: every factor trains from the first step
+        u_std, v_std = fast_init_stds(self.parametrization[adapter_name], self.in_features, init_weights)
+        for param, std in ((self.kadapt_u[adapter_name], u_std), (self.kadapt_v[adapter_name], v_std)):
+            nn.init.normal_(param, std=std) if std > 0 else nn.init.zeros_(param)
 
     def slow_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(A, None) for full slow matrices, (a, c) with A_i = a_i c_iᵀ for factorised ones."""

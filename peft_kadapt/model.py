@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from .config import (
     default_target_modules,
 )
 from .layer import Conv2d, KAdaptationLayer, Linear, check_n_divides, check_supported, features
+from .parametrization import slow_init_std
 
 
 SLOW = "kadapt_A"  # full A_i, or left factors a_i with `slow_rank`
@@ -137,10 +137,7 @@ class KAdaptationModel(BaseTuner):
                 continue
             A = torch.empty(n, n, n if rho is None else rho, device=device)
             if not A.is_meta:
-                # entries of A_i (of a_i c_iᵀ: each factor std ρ^(-1/4)) have unit variance once multiplied by
-                # slow_lr_ratio, which the layers fold into their scaling
-                ratio = config.slow_lr_ratio if rho is None else math.sqrt(config.slow_lr_ratio)
-                nn.init.normal_(A, std=(1.0 if rho is None else rho**-0.25) / ratio)
+                nn.init.normal_(A, std=slow_init_std(config.parametrization, n, rho, config.slow_lr_ratio))
             container[adapter_name][slow_key] = nn.Parameter(A)
         return self._slow_container(SLOW)
 

@@ -23,8 +23,8 @@ def test_same_function_and_exact_merge(slow_rank, tmp_path):
     u, v = layer.kadapt_u["default"], layer.kadapt_v["default"]
     expected = layer.scaling["default"] / 10.0 * sum(torch.kron(A[i], u[:, i] @ v[:, i].T) for i in range(4))
     torch.testing.assert_close(layer.get_delta_weight("default"), expected)
-    if slow_rank is None:
-        assert 0.8 < A.std().item() < 1.25  # A keeps its unit-variance initialisation
+    if slow_rank is None:  # A keeps its initial distribution, N(0, 1/n)
+        assert 0.8 < A.std().item() * 2 < 1.25
     out = model(**vit_inputs()).logits
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(make_vit(), tmp_path).eval()

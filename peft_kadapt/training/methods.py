@@ -44,8 +44,8 @@ class ModelArguments:
     )
     kadapt_n: int = field(default=KAdaptationConfig.n, metadata={"help": "KAdaptation: number of Kronecker terms n."})
     kadapt_r: int = field(default=KAdaptationConfig.r, metadata={"help": "KAdaptation: rank r of each fast product."})
-    kadapt_alpha: float = field(
-        default=KAdaptationConfig.alpha, metadata={"help": "KAdaptation: scaling = alpha / sqrt(n r)."}
+    kadapt_alpha: float | None = field(
+        default=None, metadata={"help": "KAdaptation: scaling = alpha / sqrt(r); unset: the config's default."}
     )
     kadapt_slow_rank: int | None = field(
         default=KAdaptationConfig.slow_rank,
@@ -57,6 +57,10 @@ class ModelArguments:
     )
     share_slow_weights: str = field(
         default=KAdaptationConfig.share_slow_weights, metadata={"help": "KAdaptation: per_target, global or none."}
+    )
+    kadapt_parametrization: str = field(
+        default="lora_matched",
+        metadata={"help": "KAdaptation: lora_matched (LoRA's update size at the same alpha and lr) or legacy (0.1)."},
     )
     kadapt_config: str | None = field(
         default=None,
@@ -91,6 +95,7 @@ def _kadaptation(args: ModelArguments, targets: list[str]) -> PeftConfig:
         slow_rank=args.kadapt_slow_rank,
         slow_lr_ratio=args.kadapt_slow_lr_ratio,
         share_slow_weights=args.share_slow_weights,
+        parametrization=args.kadapt_parametrization,
         target_modules=targets,
         modules_to_save=[HEAD],
     )
@@ -197,6 +202,7 @@ VARIANT_KEYS = {
         "slow_rank": "kadapt_slow_rank",
         "slow_lr": "kadapt_slow_lr_ratio",
         "share": "share_slow_weights",
+        "parametrization": "kadapt_parametrization",
         "targets": "target_modules",
     },
     "lora": {"r": "lora_r", "alpha": "lora_alpha", "targets": "target_modules"},
