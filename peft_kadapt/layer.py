@@ -17,6 +17,8 @@ from .functional import kron_delta_weight, kron_forward, prefer_factored, slow_m
 from .parametrization import fast_init_stds, scaling
 
 
+SLOW = "kadapt_A"  # model-level container of the slow weights: full A_i, or left factors a_i with `slow_rank`
+SLOW_RIGHT = "kadapt_A_right"  # right factors c_i with `slow_rank`
 SUPPORTED_LAYER_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D", "torch.nn.Conv2d (groups=1)")
 
 
@@ -58,10 +60,21 @@ def check_supported(module: nn.Module, module_name: str) -> None:
 
 
 class KAdaptationLayer(BaseTunerLayer):
-    # per-adapter trainable containers; `kadapt_A` (full A_i, or left factors a_i) and `kadapt_A_right` (right factors
-    # c_i, with `slow_rank`) are the model-level containers of shared slow weights
-    adapter_layer_names = ("kadapt_u", "kadapt_v", "kadapt_A", "kadapt_A_right")
-    other_param_names = ("n", "r", "scaling", "kadapt_dropout", "slow_key", "forward_mode", "parametrization")
+    # Per-adapter trainable containers. The slow weights A are not among them: one model-level container per adapter
+    # (`KAdaptationModel.kadapt_A`, and `kadapt_A_right` with `slow_rank`) owns them, and a layer holds an unregistered
+    # reference to it (`_slow_owner`), so every engine that walks the module tree (FSDP per block, ZeRO-3, `.to()`,
+    # state_dict) meets each A-set exactly once, above the blocks.
+    adapter_layer_names = ("kadapt_u", "kadapt_v")
+    other_param_names = (
+        "n",
+        "r",
+        "scaling",
+        "kadapt_dropout",
+        "slow_key",
+        "slow_rank",
+        "forward_mode",
+        "parametrization",
+    )
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         self.base_layer = base_layer
@@ -69,13 +82,13 @@ class KAdaptationLayer(BaseTunerLayer):
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
         self.slow_key: dict[str, str] = {}
+        self.slow_rank: dict[str, int | None] = {}
         self.forward_mode: dict[str, str] = {}
         self.parametrization: dict[str, str] = {}
         self.kadapt_dropout = nn.ModuleDict({})
         self.kadapt_u = nn.ParameterDict({})
         self.kadapt_v = nn.ParameterDict({})
-        self.kadapt_A = nn.ModuleDict({})  # adapter -> the tuner's shared ParameterDict of A-sets, set in update_layer
-        self.kadapt_A_right = nn.ModuleDict({})
+        self._slow_owner: dict[str, nn.ModuleDict] = {}  # {"kadapt_A": ..., "kadapt_A_right": ...}, not registered
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
@@ -87,12 +100,11 @@ class KAdaptationLayer(BaseTunerLayer):
     def update_layer(
         self,
         adapter_name: str,
-        kadapt_A: nn.ModuleDict,
+        slow_owner: dict[str, nn.ModuleDict],
         slow_key: str,
         config: KAdaptationConfig,
         module_name: str = "",
         inference_mode: bool = False,
-        kadapt_A_right: nn.ModuleDict | None = None,
     ) -> None:
         n, r = config.n, config.r
         check_n_divides(n, self.in_features, self.out_features, module_name or type(self).__name__)
@@ -100,16 +112,13 @@ class KAdaptationLayer(BaseTunerLayer):
         self.scaling[adapter_name] = scaling(config.parametrization, config.alpha, n, r, config.slow_lr_ratio)
         self.parametrization[adapter_name] = config.parametrization
         self.slow_key[adapter_name] = slow_key
+        self.slow_rank[adapter_name] = config.slow_rank
         self.forward_mode[adapter_name] = config.forward_mode
         dropout = nn.Dropout(p=config.kadapt_dropout) if config.kadapt_dropout > 0 else nn.Identity()
         self.kadapt_dropout[adapter_name] = dropout
         self.kadapt_u[adapter_name] = nn.Parameter(torch.empty(self.out_features // n, n, r))  # u[:, i] = u_i
         self.kadapt_v[adapter_name] = nn.Parameter(torch.empty(self.in_features // n, n, r))  # v[:, i] = v_i
-        # this adapter's entry of the model-level container: the same ParameterDict object, so the A-sets stay shared,
-        # and the layer lists only the adapters that touch it
-        self.kadapt_A[adapter_name] = kadapt_A[adapter_name]
-        if kadapt_A_right is not None:
-            self.kadapt_A_right[adapter_name] = kadapt_A_right[adapter_name]
+        self._slow_owner = slow_owner  # the same dict object in every layer of the model: looked up at forward time
         self.reset_kadapt_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
@@ -124,10 +133,13 @@ class KAdaptationLayer(BaseTunerLayer):
             nn.init.normal_(param, std=std) if std > 0 else nn.init.zeros_(param)
 
     def slow_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(A, None) for full slow matrices, (a, c) with A_i = a_i c_iᵀ for factorised ones."""
+        """(A, None) for full slow matrices, (a, c) with A_i = a_i c_iᵀ for factorised ones: the owner's tensors now
+        (whatever FSDP or DeepSpeed has put there for this forward)."""
         key = self.slow_key[adapter_name]
-        right = self.kadapt_A_right[adapter_name][key] if adapter_name in self.kadapt_A_right else None
-        return self.kadapt_A[adapter_name][key], right
+        left = self._slow_owner[SLOW][adapter_name][key]
+        if self.slow_rank[adapter_name] is None:
+            return left, None
+        return left, self._slow_owner[SLOW_RIGHT][adapter_name][key]
 
     def slow_weights(self, adapter_name: str) -> torch.Tensor:
         """The (n, n, n) stack of A_i (built from its factors when factorised)."""
@@ -278,19 +290,16 @@ class Linear(nn.Module, KAdaptationLayer):
         self,
         base_layer: nn.Module,
         adapter_name: str,
-        kadapt_A: nn.ModuleDict,
+        slow_owner: dict[str, nn.ModuleDict],
         slow_key: str,
         config: KAdaptationConfig,
         module_name: str = "",
-        kadapt_A_right: nn.ModuleDict | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
         KAdaptationLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
-        self.update_layer(
-            adapter_name, kadapt_A, slow_key, config, module_name=module_name, kadapt_A_right=kadapt_A_right
-        )
+        self.update_layer(adapter_name, slow_owner, slow_key, config, module_name=module_name)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.kadapt_forward(x, *args, **kwargs)

@@ -18,13 +18,10 @@ from .config import (
     KAdaptationConfig,
     default_target_modules,
 )
-from .layer import Conv2d, KAdaptationLayer, Linear, check_n_divides, check_supported, features
+from .layer import SLOW, SLOW_RIGHT, Conv2d, KAdaptationLayer, Linear, check_n_divides, check_supported, features
 from .parametrization import slow_init_std
 
 
-SLOW = "kadapt_A"  # full A_i, or left factors a_i with `slow_rank`
-SLOW_RIGHT = "kadapt_A_right"  # right factors c_i with `slow_rank`
-_SLOW_INFIXES = (f".{SLOW}.", f".{SLOW_RIGHT}.")
 ALLOW_NON_FINITE_ENV = "KADAPT_ALLOW_NONFINITE"  # "1": load adapter files that hold NaN or inf
 
 
@@ -70,6 +67,14 @@ class KAdaptationModel(BaseTuner):
             self.add_module(name, nn.ModuleDict({}))
         return self._modules[name]
 
+    def _slow_owner(self) -> dict[str, nn.ModuleDict]:
+        """What the layers hold (unregistered): this model's slow-weight containers, one dict shared by every layer."""
+        owner = self.__dict__.setdefault("_kadapt_slow_owner", {})
+        for name in (SLOW, SLOW_RIGHT):
+            if name in self._modules:
+                owner[name] = self._modules[name]
+        return owner
+
     @staticmethod
     def _slow_key(config: KAdaptationConfig, target_name: str, current_key: str) -> str:
         if config.share_slow_weights == "global":
@@ -108,24 +113,19 @@ class KAdaptationModel(BaseTuner):
         check_n_divides(kadapt_config.n, *features(base), current_key)
 
         slow_key = self._slow_key(kadapt_config, target_name, current_key)
-        container = self._create_slow_weights(kadapt_config, adapter_name, slow_key, base.weight.device)
-        right = self._slow_container(SLOW_RIGHT) if kadapt_config.slow_rank is not None else None
+        self._create_slow_weights(kadapt_config, adapter_name, slow_key, base.weight.device)
         if isinstance(target, KAdaptationLayer):
-            target.update_layer(
-                adapter_name, container, slow_key, kadapt_config, module_name=current_key, kadapt_A_right=right
-            )
+            target.update_layer(adapter_name, self._slow_owner(), slow_key, kadapt_config, module_name=current_key)
             return
         layer_cls = Conv2d if isinstance(base, nn.Conv2d) else Linear
         new_module = layer_cls(
-            target, adapter_name, container, slow_key, kadapt_config, module_name=current_key, kadapt_A_right=right
+            target, adapter_name, self._slow_owner(), slow_key, kadapt_config, module_name=current_key
         )
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
-    def _create_slow_weights(
-        self, config: KAdaptationConfig, adapter_name: str, slow_key: str, device
-    ) -> nn.ModuleDict:
+    def _create_slow_weights(self, config: KAdaptationConfig, adapter_name: str, slow_key: str, device) -> None:
         """The group's A-set, once: (n, n, n), or factors a, c of shape (n, n, ρ) with `slow_rank` ρ."""
         n, rho = config.n, config.slow_rank
         names = (SLOW,) if rho is None else (SLOW, SLOW_RIGHT)
@@ -138,8 +138,8 @@ class KAdaptationModel(BaseTuner):
             A = torch.empty(n, n, n if rho is None else rho, device=device)
             if not A.is_meta:
                 nn.init.normal_(A, std=slow_init_std(config.parametrization, n, rho, config.slow_lr_ratio))
-            container[adapter_name][slow_key] = nn.Parameter(A)
-        return self._slow_container(SLOW)
+            # an adapter added beside the active one starts frozen, as its fast weights do
+            container[adapter_name][slow_key] = nn.Parameter(A, requires_grad=adapter_name in self.active_adapters)
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
@@ -171,42 +171,33 @@ class KAdaptationModel(BaseTuner):
             for handle in handles:
                 handle.remove()
 
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        active = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        for name in (SLOW, SLOW_RIGHT):  # the layers set their own factors; the slow weights are the model's
+            for adapter, group in self._modules.get(name, {}).items():
+                group.requires_grad_(adapter in active and not inference_mode)
+
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         for name in (SLOW, SLOW_RIGHT):
             if name in self._modules and adapter_name in self._modules[name]:
                 del self._modules[name][adapter_name]
 
-    # Saving and loading: the model state_dict holds every slow-weight tensor once per alias (the model-level
-    # container plus one reference per layer); the checkpoint holds it once, under the model-level key.
+    # Saving and loading: each A-set is one tensor under its model-level key (`base_model.kadapt_A.<group>` in the
+    # adapter file), exactly as peft_kadapt 0.1 saved it, so adapter files of either version load alike.
 
-    @staticmethod
-    def _canonical_slow_keys(keys) -> dict[str, str]:
-        """Map each slow-weight alias key to the shortest key with the same suffix (the model-level one)."""
-        by_suffix: dict[str, list[str]] = {}
-        for key in keys:
-            for infix in _SLOW_INFIXES:
-                if infix in f".{key}":
-                    suffix = infix + f".{key}".rsplit(infix, 1)[1]
-                    by_suffix.setdefault(suffix, []).append(key)
-        return {key: min(group, key=len) for group in by_suffix.values() for key in group}
-
-    @classmethod
-    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        to_return = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
-        canonical = cls._canonical_slow_keys(to_return)
-        return {k: v for k, v in to_return.items() if canonical.get(k, k) == k}
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_load_state_dict_pre_hook(_drop_layer_aliases_of_slow_weights)
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         model_state = model.state_dict(keep_vars=True)
-        pattern = re.compile(rf"(^|\.)kadapt_(A|A_right|u|v)\.{re.escape(adapter_name)}(\.|$)")
+        names = "|".join(re.escape(n) for n in (*KAdaptationLayer.adapter_layer_names, SLOW, SLOW_RIGHT))
+        pattern = re.compile(rf"(^|\.)({names})\.{re.escape(adapter_name)}(\.|$)")
         expected = [k for k in model_state if pattern.search(k)]
-        canonical = cls._canonical_slow_keys(expected)
-        for key in expected:  # fan each saved slow-weight tensor out to every alias
-            if key not in remapped and canonical.get(key, key) in remapped:
-                remapped[key] = remapped[canonical[key]]
         missing = [k for k in expected if k not in remapped]
         if missing:
             raise ValueError(
@@ -239,3 +230,17 @@ class KAdaptationModel(BaseTuner):
 def _inject_adapter_names(module, args, kwargs, adapter_names):
     kwargs["adapter_names"] = adapter_names
     return args, kwargs
+
+
+def _drop_layer_aliases_of_slow_weights(
+    module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+):
+    """A full `state_dict` saved by peft_kadapt 0.1 also holds every A-set under each adapted layer
+    (`<layer>.kadapt_A.<adapter>.<group>`), aliases of the model-level tensor: keep the model-level key (filled from an
+    alias if it is absent) and drop the aliases, so such a file loads strictly into today's layout."""
+    for name in (SLOW, SLOW_RIGHT):
+        own = f"{prefix}{name}."
+        for key in [k for k in state_dict if k.startswith(prefix) and f".{name}." in k and not k.startswith(own)]:
+            tail = key.rsplit(f".{name}.", 1)[1]  # "<adapter>.<group>"
+            state_dict.setdefault(own + tail, state_dict[key])
+            del state_dict[key]

@@ -212,6 +212,32 @@ def test_multiple_adapters_set_and_delete(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_slow_weights_have_one_owner_above_the_layers(case):
+    """Each A-set is registered once, by the tuner: no adapted layer (hence no FSDP unit around a block) holds it."""
+    model, _ = build(case)
+    slow = {
+        id(p)
+        for c in ("kadapt_A", "kadapt_A_right")
+        for g in getattr(model.base_model, c, {}).values()
+        for p in g.values()
+    }
+    assert slow
+    owners = [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in slow]
+    assert len(owners) == len(slow) and all(n.startswith("base_model.kadapt_A") for n in owners), owners
+    for _, layer in kadapt_layers(model):
+        assert not {id(p) for p in layer.parameters()} & slow
+        assert not any("kadapt_A" in k for k in layer.state_dict())
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_loaded_slow_weights_train_only_when_asked(trainable, tmp_path):
+    model, _ = build(CASES[4], init_weights=False)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(make_vit(), tmp_path, is_trainable=trainable)
+    assert {p.requires_grad for g in loaded.base_model.kadapt_A.values() for p in g.values()} == {trainable}
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_deepcopy_pickle_and_dtype_casts_keep_sharing(case):
     model, inputs = build(case, init_weights=False)
     expected = outputs(model, inputs)
@@ -284,5 +310,5 @@ def test_layer_status_lists_only_the_adapters_that_touch_each_layer():
     assert set(status["q_proj"].requires_grad) == {"default"}
     # the A-sets are still one tensor per group, shared by the layers of that group
     q0, q1 = (model.base_model.model.vit.layers[i].attention.q_proj for i in (0, 1))
-    assert q0.kadapt_A["default"]["q_proj"] is q1.kadapt_A["default"]["q_proj"]
-    assert q0.kadapt_A["default"] is model.base_model.kadapt_A["default"]
+    shared = model.base_model.kadapt_A["default"]["q_proj"]
+    assert q0.slow_factors("default")[0] is q1.slow_factors("default")[0] is shared
