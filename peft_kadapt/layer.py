@@ -9,9 +9,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .base_weight import gathered, read_weight, weight_shape, write_weight
 from .config import KAdaptationConfig
 from .functional import kron_delta_weight, kron_forward, prefer_factored, slow_matrices
 from .parametrization import fast_init_stds, scaling
@@ -19,7 +21,12 @@ from .parametrization import fast_init_stds, scaling
 
 SLOW = "kadapt_A"  # model-level container of the slow weights: full A_i, or left factors a_i with `slow_rank`
 SLOW_RIGHT = "kadapt_A_right"  # right factors c_i with `slow_rank`
-SUPPORTED_LAYER_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D", "torch.nn.Conv2d (groups=1)")
+SUPPORTED_LAYER_TYPES = (
+    "torch.nn.Linear",
+    "transformers.pytorch_utils.Conv1D",
+    "torch.nn.Conv2d (groups=1)",
+    "the quantised linear layers of PEFT's quantisation backends (bitsandbytes, HQQ, torchao, ...)",
+)
 
 
 def divisors_of_both(a: int, b: int) -> list[int]:
@@ -38,11 +45,13 @@ def check_n_divides(n: int, in_features: int, out_features: int, module_name: st
 
 
 def features(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of a supported layer: transformers' Conv1D (GPT-2) stores its weight as (in, out)."""
+    """(in_features, out_features) of a supported layer, from its attributes (a ZeRO-3 or 4-bit weight's stored shape
+    is not its shape): transformers' Conv1D (GPT-2) stores (in, out); a Conv2d kernel is an (out, in·kh·kw) matrix."""
     if isinstance(module, Conv1D):
-        return module.weight.shape[0], module.weight.shape[1]
-    if isinstance(module, nn.Conv2d):  # the kernel as an (out, in·kh·kw) matrix
-        return module.weight[0].numel(), module.out_channels
+        return module.nx, module.nf
+    if isinstance(module, nn.Conv2d):
+        shape = weight_shape(module)
+        return shape[1] * shape[2] * shape[3], shape[0]
     return module.in_features, module.out_features
 
 
@@ -52,11 +61,21 @@ def check_supported(module: nn.Module, module_name: str) -> None:
             f"KAdaptation cannot adapt module {module_name!r}: a grouped or depthwise Conv2d (groups={module.groups}). "
             "Only groups=1 convolutions are supported; leave it out with `exclude_modules`."
         )
-    if not isinstance(module, (nn.Linear, Conv1D, nn.Conv2d)):
-        raise TypeError(
-            f"KAdaptation cannot adapt module {module_name!r} of type {type(module).__name__}. Supported types: "
-            f"{', '.join(SUPPORTED_LAYER_TYPES)}. Remove it from `target_modules` or add it to `exclude_modules`."
-        )
+    if isinstance(module, (nn.Linear, Conv1D, nn.Conv2d)) or _quantized_linear(module):
+        return
+    raise TypeError(
+        f"KAdaptation cannot adapt module {module_name!r} of type {type(module).__name__}. Supported types: "
+        f"{', '.join(SUPPORTED_LAYER_TYPES)}. Remove it from `target_modules` or add it to `exclude_modules`."
+    )
+
+
+def _quantized_linear(module: nn.Module) -> bool:
+    """A linear layer of a quantisation library PEFT knows (HQQ, AQLM, GPTQ, ...), not an `nn.Linear` subclass."""
+    try:
+        backend = resolve_quantization_backend(module, get_apply_tensor_subclass=lambda: None)
+    except (ImportError, ValueError):
+        return False
+    return backend is not None and backend.layer_type == "linear"
 
 
 class KAdaptationLayer(BaseTunerLayer):
@@ -94,6 +113,10 @@ class KAdaptationLayer(BaseTunerLayer):
         self.kwargs = kwargs
         base = self.get_base_layer()
         check_supported(base, type(base).__name__)
+        # PEFT's quantisation backend for a quantised base (None for a float one): how merges read and write W
+        self.quantization_backend = resolve_quantization_backend(
+            base, get_apply_tensor_subclass=kwargs.get("get_apply_tensor_subclass")
+        )
         self.in_features, self.out_features = features(base)
         self.fan_in_fan_out = isinstance(base, Conv1D)  # weight stored as (in, out), as LoRA names it
 
@@ -146,47 +169,65 @@ class KAdaptationLayer(BaseTunerLayer):
         return slow_matrices(*self.slow_factors(adapter_name))
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """ΔW of one adapter in the base weight's layout and dtype: (out_features, in_features), or (in, out) for
-        transformers' Conv1D."""
-        A, u, v = self.slow_weights(adapter_name), self.kadapt_u[adapter_name], self.kadapt_v[adapter_name]
-        weight_dtype = self.get_base_layer().weight.dtype
+        """ΔW of one adapter in the base weight's logical shape, (out_features, in_features), (in, out) for transformers'
+        Conv1D or the kernel's shape for Conv2d; in the weight's dtype, or in the adapter's float dtype when the weight
+        is quantised (casting ΔW to int8 would destroy it). Under ZeRO-3 the factors are gathered to compute it."""
+        (A_left, A_right), u, v = (
+            self.slow_factors(adapter_name),
+            self.kadapt_u[adapter_name],
+            self.kadapt_v[adapter_name],
+        )
+        base = self.get_base_layer()
         # CPU matmuls in half precision are slow and lossy: compute in fp32 there, as LoRA does
         compute_dtype = (
             torch.float32 if (u.device.type == "cpu" and u.dtype in (torch.float16, torch.bfloat16)) else u.dtype
         )
-        delta = kron_delta_weight(
-            A.to(compute_dtype), u.to(compute_dtype), v.to(compute_dtype), self.scaling[adapter_name]
-        )
-        return (delta.T if self.fan_in_fan_out else delta).reshape(self.get_base_layer().weight.shape).to(weight_dtype)
+        with gathered([u, v, A_left, A_right]):
+            A = slow_matrices(A_left, A_right).to(compute_dtype)
+            delta = kron_delta_weight(A, u.to(compute_dtype), v.to(compute_dtype), self.scaling[adapter_name])
+        delta = (delta.T if self.fan_in_fan_out else delta).reshape(weight_shape(base))
+        return delta if self.quantization_backend else delta.to(base.weight.dtype)
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         return not self.fan_in_fan_out
 
+    def _add_to_base_weight(self, adapter_name: str, sign: int, safe: bool = False) -> None:
+        """W ← W ± ΔW in the weight's own format: gathered under ZeRO-3 (rank 0's result kept), dequantised, summed in
+        float and quantised again for a bitsandbytes weight."""
+        with gathered([getattr(self.get_base_layer(), "weight", None)], modifier_rank=0):
+            delta = self.get_delta_weight(adapter_name)
+            merged = read_weight(self, delta.dtype) + sign * delta
+            if safe and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter_name} seems to be broken")
+            write_weight(self, merged)
+
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
+        backend = self.quantization_backend
+        if backend is not None and adapter_names:
+            if not backend.supports_merge:
+                raise TypeError(
+                    f"Cannot merge KAdaptation into a {backend.backend_name} layer: that format cannot be dequantised. "
+                    "Use the adapter unmerged (its output is exact), or load the base model unquantised to merge."
+                )
+            warnings.warn(
+                f"Merging KAdaptation into a {backend.backend_name} weight rounds W + ΔW to that format: outputs "
+                "differ slightly from the unmerged model's.",
+                stacklevel=2,
+            )
         for name in adapter_names:
-            if name not in self.kadapt_u:
-                continue
-            delta = self.get_delta_weight(name)
-            if safe_merge:
-                merged = base.weight.data + delta
-                if not torch.isfinite(merged).all():
-                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-                base.weight.data = merged
-            else:
-                base.weight.data += delta
-            self.merged_adapters.append(name)
+            if name in self.kadapt_u:
+                self._add_to_base_weight(name, +1, safe=safe_merge)
+                self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
-        base = self.get_base_layer()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if name in self.kadapt_u:
-                base.weight.data -= self.get_delta_weight(name)
+                self._add_to_base_weight(name, -1)
 
     def _use_factored(self, adapter_name: str, tokens: int) -> bool:
         mode = self.forward_mode[adapter_name]
@@ -204,7 +245,12 @@ class KAdaptationLayer(BaseTunerLayer):
     def _can_fold(self) -> bool:
         # folding ΔW into the base matmul bypasses base_layer.forward: only for a plain nn.Linear without hooks
         base = self.get_base_layer()
-        return type(base) is nn.Linear and not hasattr(base, "_hf_hook") and base is self.base_layer
+        return (
+            type(base) is nn.Linear
+            and self.quantization_backend is None  # torchao keeps nn.Linear with a quantised tensor as its weight
+            and not hasattr(base, "_hf_hook")
+            and base is self.base_layer
+        )
 
     def kadapt_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Base output plus every active adapter's branch, each computed one of three ways:

@@ -9,10 +9,12 @@ from functools import partial
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import get_quantization_kwargs
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from ._registration import PREFIX
+from .base_weight import device_of, is_partitioned
 from .config import (
     TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING,
     KAdaptationConfig,
@@ -113,17 +115,31 @@ class KAdaptationModel(BaseTuner):
         check_n_divides(kadapt_config.n, *features(base), current_key)
 
         slow_key = self._slow_key(kadapt_config, target_name, current_key)
-        self._create_slow_weights(kadapt_config, adapter_name, slow_key, base.weight.device)
+        self._create_slow_weights(kadapt_config, adapter_name, slow_key, device_of(base))
         if isinstance(target, KAdaptationLayer):
             target.update_layer(adapter_name, self._slow_owner(), slow_key, kadapt_config, module_name=current_key)
             return
         layer_cls = Conv2d if isinstance(base, nn.Conv2d) else Linear
         new_module = layer_cls(
-            target, adapter_name, self._slow_owner(), slow_key, kadapt_config, module_name=current_key
+            target,
+            adapter_name,
+            self._slow_owner(),
+            slow_key,
+            kadapt_config,
+            module_name=current_key,
+            **get_quantization_kwargs(self),  # torchao needs its quantisation function to re-quantise after merges
         )
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # PEFT's generic version copies `weight` onto a base layer being put back; an HQQ layer has none (it keeps
+        # `W_q`), and it is the very object the adapter wrapped, so nothing needs copying
+        if not hasattr(new_module, "base_layer") and not hasattr(new_module, "weight"):
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
 
     def _create_slow_weights(self, config: KAdaptationConfig, adapter_name: str, slow_key: str, device) -> None:
         """The group's A-set, once: (n, n, n), or factors a, c of shape (n, n, ρ) with `slow_rank` ρ."""
@@ -205,16 +221,24 @@ class KAdaptationModel(BaseTuner):
                 f"{len(expected)} adapter tensors are missing (first: {missing[:3]}). The file is truncated or was "
                 "written for another model; nothing was loaded."
             )
+        shapes = {k: tuple(getattr(model_state[k], "ds_shape", model_state[k].shape)) for k in expected}  # ZeRO-3
         wrong = [
-            f"{k}: checkpoint {tuple(remapped[k].shape)} vs model {tuple(model_state[k].shape)}"
+            f"{k}: checkpoint {tuple(remapped[k].shape)} vs model {shapes[k]}"
             for k in expected
-            if tuple(remapped[k].shape) != tuple(model_state[k].shape)
+            if tuple(remapped[k].shape) != shapes[k]
         ]
         if wrong:
             raise ValueError(
                 f"The KAdaptation checkpoint for adapter {adapter_name!r} does not fit this model ({len(wrong)} "
                 f"tensors differ in shape, first: {wrong[:3]}). Load it into the base model it was trained on, with "
                 "the same `n` and `r`."
+            )
+        partitioned = [k for k in expected if is_partitioned(model_state[k])]
+        if partitioned:
+            raise ValueError(
+                f"Cannot load KAdaptation adapter {adapter_name!r}: DeepSpeed ZeRO-3 has already partitioned the "
+                f"model's adapter tensors (first: {partitioned[:2]}). Load or create adapters before "
+                "`deepspeed.initialize` / `accelerator.prepare` (a base model built under `deepspeed.zero.Init` is fine)."
             )
         broken = [k for k in expected if not torch.isfinite(remapped[k]).all()]
         if broken and os.environ.get(ALLOW_NON_FINITE_ENV) != "1":

@@ -20,3 +20,5 @@ def test_gpu_check_tiny_profile(tiny_backbone, tmp_path):
     assert "| 32 | 4 |" in (tmp_path / "sweep.md").read_text()
     metrics = json.loads((tmp_path / "accelerate_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["num_processes"] == 1
+    scaleout = (tmp_path / "scaleout.md").read_text()
+    assert "| fsdp2, " in scaleout and "agree: True" in scaleout and "| qlora" in scaleout
