@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) -m peft_kadapt.training.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

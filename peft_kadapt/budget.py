@@ -10,7 +10,7 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import KAdaptationConfig, default_target_modules
+from .config import KAdaptationConfig, default_target_modules, sharing_group
 from .layer import features
 
 
@@ -80,7 +80,7 @@ def parameter_report(model: nn.Module, config: KAdaptationConfig, lora_rank: int
         fast += r * (k + d)
         lora += lora_rank * (k + d)
         max_rank = max(max_rank, min(n * (rho or n) * r, k, d))
-        groups.add({"global": "global", "per_target": target}.get(config.share_slow_weights, name))
+        groups.add(sharing_group(config.share_slow_weights, target, name))
     slow_each = n**3 if rho is None else 2 * n * n * rho
     per_group = {g: slow_each for g in sorted(groups)}
     bias = _trained_biases(model, config, [m for _, m in _targets(model, config)])

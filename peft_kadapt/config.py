@@ -62,6 +62,16 @@ def default_target_modules(model_type: str | None) -> list[str]:
     return list(TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING[model_type])
 
 
+def sharing_group(share_slow_weights: str, target_name: str, module_name: str) -> str:
+    """The key of the A-set an adapted layer uses: "global" (one for all), its target-module name ("per_target", e.g.
+    every `q_proj` shares one), or its own full name ("none"; dots become "__", which container keys cannot hold)."""
+    if share_slow_weights == "global":
+        return "global"
+    if share_slow_weights == "per_target":
+        return target_name
+    return module_name.replace(".", "__")
+
+
 @dataclass
 class KAdaptationConfig(PeftConfig):
     """
@@ -80,9 +90,8 @@ class KAdaptationConfig(PeftConfig):
     Args:
         n (`int`):
             Number of Kronecker terms, also the size of each A_i. Must divide the in and out features of every
-            targeted layer. Defaults to 8: in this package's few-shot benchmark suite (docs/benchmarks.md) n = 8 came
-            within 1.6 points of the paper's n = 32 (level on one dataset) with 23 % of its adapter parameters (the
-            shared n³ slow weights dominate at n = 32). Pass `n=32` for the paper's setting.
+            targeted layer. Defaults to 8, chosen on this package's few-shot benchmarks (docs/kadaptation.md,
+            "Choosing the defaults"); pass `n=32` for the paper's setting.
         r (`int`):
             Rank of each fast product u_i v_iᵀ. Defaults to 1, the paper's value.
         alpha (`float`):
@@ -123,14 +132,13 @@ class KAdaptationConfig(PeftConfig):
             How much faster the shared slow weights A learn than the fast ones under Adam-type optimisers, as a
             reparametrisation: A = slow_lr_ratio · Â with Â the stored tensor, initialised so that A keeps its
             distribution. With Adam each stored entry moves by about the learning rate per step, so A moves
-            `slow_lr_ratio` times as far (√slow_lr_ratio per factor with `slow_rank`). Defaults to 1.0 (no change). At
-            the default scale A (unit-size entries) moves by about 1 % of its size in 50 steps at lr 3e-3
-            (docs/benchmarks.md), so the slow weights barely train unless this is raised.
+            `slow_lr_ratio` times as far (√slow_lr_ratio per factor with `slow_rank`). Defaults to 1.0 (no change);
+            how far A moves in practice is measured in docs/benchmarks.md.
         forward_mode (`str`):
             How the adapter branch is computed. `"factored"` uses the Kronecker identity and never builds ΔW;
             `"materialized"` builds ΔW once per forward and folds it into the base matmul; `"auto"` (default) picks
-            the cheaper one per layer and call with a cost model measured by `benchmarks/speed.py`. All give the same
-            result up to rounding.
+            the cheaper one per layer and call with a cost model (docs/kadaptation.md). All give the same result up
+            to rounding.
         bias (`str`):
             Which biases train beside the adapter, as LoRA's `bias`: `"none"` (default), `"all"` (every bias of the
             model), or `"kadapt_only"` (the biases of the adapted layers; the official code trains such a bias next to

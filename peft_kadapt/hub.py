@@ -263,7 +263,7 @@ def push_adapter(
     if not base_model:
         raise ValueError(
             f"The adapter's base model {source!r} is a local path, which means nothing on the Hub: pass "
-            "the Hub id it corresponds to (`base_model=` / `--base-model`)."
+            "the Hub id it corresponds to (`base_model=` / `--base_model`)."
         )
     if os.path.exists(base_model):
         raise ValueError(f"`base_model` must be a Hub id, not a local path ({base_model!r}).")

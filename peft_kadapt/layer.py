@@ -329,8 +329,8 @@ class KAdaptationLayer(BaseTunerLayer):
         return result
 
 
-class Linear(nn.Module, KAdaptationLayer):
-    """KAdaptation on a `torch.nn.Linear`."""
+class _KAdaptationModule(nn.Module, KAdaptationLayer):
+    """What every KAdaptation module shares: construction from PEFT's injection, forward, repr."""
 
     def __init__(
         self,
@@ -354,22 +354,44 @@ class Linear(nn.Module, KAdaptationLayer):
         return "kadaptation." + super().__repr__()
 
 
-class Conv2d(Linear):
+class Linear(_KAdaptationModule):
+    """KAdaptation on a `torch.nn.Linear`, transformers' `Conv1D`, or a quantised linear layer."""
+
+
+class Conv2d(_KAdaptationModule):
     """KAdaptation on a `torch.nn.Conv2d` (groups=1): ΔW is built on the kernel seen as an (out, in·kh·kw) matrix.
 
-    Materialised: ΔW reshaped to a kernel and applied as a convolution with the layer's stride, padding and dilation.
-    Factored: the input unfolded into (positions × in·kh·kw) patches, the Kronecker identity applied to them, folded
-    back to (out, H', W'). The cost model picks between them per call, as for Linear.
+    The input is padded as the base layer pads it (its `padding`, also "same" or "valid", in its `padding_mode`:
+    zeros, reflect, replicate or circular), then: materialised, ΔW as a kernel in an unpadded convolution with the
+    layer's stride and dilation; factored, the padded input unfolded into (positions × in·kh·kw) patches, the Kronecker
+    identity applied to them, folded back to (out, H', W'). So merged and unmerged outputs agree in every mode.
     """
 
-    def _output_size(self, x: torch.Tensor) -> tuple[int, int]:
-        """Height and width of the convolution's output for input `x`."""
+    def _padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom), as `F.pad` takes it; "same" puts the odd pixel right and bottom, as torch does."""
         base = self.get_base_layer()
+        if base.padding == "valid":
+            return (0, 0, 0, 0)
+        if base.padding == "same":
+            total = [d * (k - 1) for d, k in zip(base.dilation, base.kernel_size)]  # (height, width)
+            return (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+        height, width = base.padding
+        return (width, width, height, height)
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        pads = self._padding()
+        if not any(pads):
+            return x
+        mode = self.get_base_layer().padding_mode
+        return F.pad(x, pads, mode="constant" if mode == "zeros" else mode)
+
+    def _output_size(self, x: torch.Tensor) -> tuple[int, int]:
+        """Height and width of the convolution's output for the (unpadded) input `x`."""
+        base = self.get_base_layer()
+        left, right, top, bottom = self._padding()
+        padded = (x.shape[-2] + top + bottom, x.shape[-1] + left + right)
         return tuple(
-            (x.shape[-2 + i] + 2 * base.padding[i] - base.dilation[i] * (base.kernel_size[i] - 1) - 1)
-            // base.stride[i]
-            + 1
-            for i in range(2)
+            (padded[i] - base.dilation[i] * (base.kernel_size[i] - 1) - 1) // base.stride[i] + 1 for i in range(2)
         )
 
     def _tokens(self, x: torch.Tensor) -> int:
@@ -380,11 +402,19 @@ class Conv2d(Linear):
         base = self.get_base_layer()
         if not factored:
             delta = self.get_delta_weight(name)
-            x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, delta.dtype))
-            return F.conv2d(x_in, delta, None, base.stride, base.padding, base.dilation)
+            x_in = self._padded(self.kadapt_dropout[name](self._cast_input_dtype(x, delta.dtype)))
+            return F.conv2d(x_in, delta, None, base.stride, 0, base.dilation)
         u = self.kadapt_u[name]
-        x_in = self.kadapt_dropout[name](self._cast_input_dtype(x, u.dtype))
-        patches = F.unfold(x_in, base.kernel_size, base.dilation, base.padding, base.stride)  # (B, in·kh·kw, L)
+        x_in = self._padded(self.kadapt_dropout[name](self._cast_input_dtype(x, u.dtype)))
+        patches = F.unfold(x_in, base.kernel_size, base.dilation, 0, base.stride)  # (B, in·kh·kw, L)
         (A, A_right), v = self.slow_factors(name), self.kadapt_v[name]
         out = kron_forward(patches.transpose(1, 2), A, u, v, self.scaling[name], A_right)  # (B, L, out)
         return out.transpose(1, 2).reshape(x.shape[0], self.out_features, *self._output_size(x))
+
+
+# which KAdaptation module adapts which kind of layer (quantised linear layers, not nn.Linear subclasses, are `Linear`)
+LAYER_CLASSES: dict[type[nn.Module], type[_KAdaptationModule]] = {nn.Conv2d: Conv2d, nn.Linear: Linear, Conv1D: Linear}
+
+
+def layer_class(base: nn.Module) -> type[_KAdaptationModule]:
+    return next((cls for kind, cls in LAYER_CLASSES.items() if isinstance(base, kind)), Linear)

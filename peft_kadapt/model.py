@@ -19,8 +19,9 @@ from .config import (
     TRANSFORMERS_MODELS_TO_KADAPTATION_TARGET_MODULES_MAPPING,
     KAdaptationConfig,
     default_target_modules,
+    sharing_group,
 )
-from .layer import SLOW, SLOW_RIGHT, Conv2d, KAdaptationLayer, Linear, check_n_divides, check_supported, features
+from .layer import SLOW, SLOW_RIGHT, KAdaptationLayer, check_n_divides, check_supported, features, layer_class
 from .parametrization import slow_init_std
 
 
@@ -77,14 +78,6 @@ class KAdaptationModel(BaseTuner):
                 owner[name] = self._modules[name]
         return owner
 
-    @staticmethod
-    def _slow_key(config: KAdaptationConfig, target_name: str, current_key: str) -> str:
-        if config.share_slow_weights == "global":
-            return "global"
-        if config.share_slow_weights == "per_target":
-            return target_name
-        return current_key.replace(".", "__")  # "none": one A-set per layer; keys may not contain dots
-
     def _prepare_adapter_config(self, peft_config: KAdaptationConfig, model_config: dict) -> KAdaptationConfig:
         if peft_config.target_modules is None:
             peft_config.target_modules = set(default_target_modules(model_config.get("model_type")))
@@ -114,13 +107,12 @@ class KAdaptationModel(BaseTuner):
         check_supported(base, current_key)
         check_n_divides(kadapt_config.n, *features(base), current_key)
 
-        slow_key = self._slow_key(kadapt_config, target_name, current_key)
+        slow_key = sharing_group(kadapt_config.share_slow_weights, target_name, current_key)
         self._create_slow_weights(kadapt_config, adapter_name, slow_key, device_of(base))
         if isinstance(target, KAdaptationLayer):
             target.update_layer(adapter_name, self._slow_owner(), slow_key, kadapt_config, module_name=current_key)
             return
-        layer_cls = Conv2d if isinstance(base, nn.Conv2d) else Linear
-        new_module = layer_cls(
+        new_module = layer_class(base)(
             target,
             adapter_name,
             self._slow_owner(),

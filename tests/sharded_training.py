@@ -3,7 +3,7 @@
     python tests/sharded_training.py --engine none --targets qv --base BASE --out DIR        # one-process reference
     torchrun --standalone --nproc_per_node 2 tests/sharded_training.py --engine fsdp2 --targets qv --base BASE --out DIR
 
-Engines: `fsdp2` (`fully_shard` on every ViT block, then on the root, as Accelerate's TRANSFORMER_BASED_WRAP does),
+Engines: `ddp` (DistributedDataParallel), `fsdp2` (`fully_shard` on every ViT block, then on the root, as Accelerate's TRANSFORMER_BASED_WRAP does),
 `fsdp2_root` (the root only), `fsdp1` (`FullyShardedDataParallel` with `transformer_auto_wrap_policy` on the block
 class, `device_id=cpu`, `use_orig_params=True`), `fsdp1_root`, `zero3` (DeepSpeed ZeRO-3 over gloo, the base loaded
 under `zero.Init`; also checks ΔW, merge and unmerge on the partitioned model), `none` (one process, no wrapper). Each rank trains on
@@ -105,6 +105,8 @@ def wrap(model: torch.nn.Module, engine: str) -> torch.nn.Module:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         engine_, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ZERO3)
         return engine_
+    if engine == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(model)
     if engine.startswith("fsdp2"):
         from torch.distributed.fsdp import fully_shard
 
@@ -127,7 +129,7 @@ def wrap(model: torch.nn.Module, engine: str) -> torch.nn.Module:
 
 def full_adapter_state(model: torch.nn.Module, args, peft_model) -> dict[str, torch.Tensor]:
     """The adapter's weights from the (sharded) model, in full, as a user would save them."""
-    if args.engine == "none":
+    if args.engine in ("none", "ddp"):
         state = get_peft_model_state_dict(peft_model)
     elif args.engine == "zero3":
         import deepspeed
@@ -217,7 +219,9 @@ def zero3_layer_types() -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--engine", choices=["none", "fsdp2", "fsdp2_root", "fsdp1", "fsdp1_root", "zero3"], required=True)
+    p.add_argument(
+        "--engine", choices=["none", "ddp", "fsdp2", "fsdp2_root", "fsdp1", "fsdp1_root", "zero3"], required=True
+    )
     p.add_argument("--base", required=True, help="a folder with the tiny ViT (save_base writes it)")
     p.add_argument("--targets", choices=sorted(TARGETS), required=True)
     p.add_argument("--method", choices=["kadaptation", "lora"], default="kadaptation")

@@ -54,7 +54,17 @@ def test_budget_below_the_smallest_configuration():
 def test_training_command_reports_and_proposes(tmp_path, capsys):
     make_vit().save_pretrained(tmp_path)
     kadapt(
-        ["params", "--model_name_or_path", str(tmp_path), "--n", "4", "--slow_rank", "1", "--parameter_budget", "2000"]
+        [
+            "params",
+            "--model_name_or_path",
+            str(tmp_path),
+            "--kadapt_n",
+            "4",
+            "--kadapt_slow_rank",
+            "1",
+            "--parameter_budget",
+            "2000",
+        ]
     )
     out = capsys.readouterr().out
     assert "KAdaptation total: 320 (fast 256 + slow 64)" in out and "LoRA r=8 on the same layers: 2,048" in out

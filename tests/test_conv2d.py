@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 from torch import nn
 
-from peft_kadapt import KAdaptationConfig
+from peft_kadapt import KAdaptationConfig, Linear
 from peft_kadapt.budget import parameter_report
 
 
@@ -73,3 +73,33 @@ def test_convnext_has_default_targets():
     model = get_peft_model(ConvNextForImageClassification(config), KAdaptationConfig(n=4))
     adapted = sorted(n for n, m in model.named_modules() if hasattr(m, "kadapt_u"))
     assert adapted and all(n.endswith(("pwconv1", "pwconv2")) for n in adapted)
+
+
+CONV_PADDINGS = [(dict(padding=1, padding_mode=mode), 1) for mode in ("zeros", "reflect", "replicate", "circular")] + [
+    (dict(padding="same", padding_mode="reflect", dilation=2), 1),
+    (dict(padding="same", padding_mode="zeros", kernel_size=4), 1),  # even kernel: the odd pixel goes right and bottom
+    (dict(padding="valid"), 1),
+    (dict(padding=(2, 1), padding_mode="circular"), 2),
+]
+
+
+@pytest.mark.parametrize("conv_kwargs, stride", CONV_PADDINGS, ids=lambda v: str(v))
+@pytest.mark.parametrize("forward_mode", ["factored", "materialized"])
+def test_every_padding_and_padding_mode_matches_the_merged_convolution(conv_kwargs, stride, forward_mode):
+    """The branch pads as the base layer does, so the adapted layer equals one convolution with W + ΔW."""
+    kwargs = {"kernel_size": 3, **conv_kwargs}
+    torch.manual_seed(0)
+    base = nn.Conv2d(4, 8, stride=stride, **kwargs)
+    model = get_peft_model(
+        nn.Sequential(base),
+        KAdaptationConfig(n=4, target_modules=["0"], init_weights=False, forward_mode=forward_mode),
+    ).eval()
+    x = torch.randn(2, 4, 9, 10)
+    with torch.no_grad():
+        adapted = model(x)
+        reference = nn.Conv2d(4, 8, stride=stride, **kwargs)
+        reference.load_state_dict(base.state_dict())
+        reference.weight += model.base_model.model[0].get_delta_weight("default")
+        torch.testing.assert_close(adapted, reference(x), rtol=1e-5, atol=1e-5)
+        assert not isinstance(model.base_model.model[0], Linear)  # a sibling of Linear, not a kind of it
+        torch.testing.assert_close(model.merge_and_unload()(x), adapted, rtol=1e-5, atol=1e-5)

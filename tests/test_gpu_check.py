@@ -18,7 +18,7 @@ def test_gpu_check_tiny_profile(tiny_backbone, tmp_path):
     speed = (tmp_path / "speed.md").read_text()
     assert "| KAdaptation (defaults: n=8, r=1) |" in speed and "max |logit difference| merged vs unmerged" in speed
     assert "| 32 | 4 |" in (tmp_path / "sweep.md").read_text()
-    metrics = json.loads((tmp_path / "accelerate_metrics.json").read_text())
-    assert metrics["steps"] == 2 and metrics["num_processes"] == 1
+    results = json.loads((tmp_path / "accelerate_results.json").read_text())
+    assert results["steps"] == 2 and results["num_processes"] == 1 and results["eval_examples"] == 100
     scaleout = (tmp_path / "scaleout.md").read_text()
     assert "| fsdp2, " in scaleout and "agree: True" in scaleout and "| qlora" in scaleout

@@ -85,7 +85,7 @@ def test_push_refuses_a_local_base_model_and_works_from_the_cli(adapter_dir, mon
     with FakeHub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_TOKEN", "hf_cli")
-        assert kadapt(["push", str(adapter_dir), "someone/cli", "--base-model", "facebook/dinov2-small"]) == 0
+        assert kadapt(["push", str(adapter_dir), "someone/cli", "--base_model", "facebook/dinov2-small"]) == 0
     assert front_matter(hub.files["README.md"].decode())["base_model"] == "facebook/dinov2-small"
 
 

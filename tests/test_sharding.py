@@ -1,4 +1,4 @@
-"""KAdaptation under FSDP2 and FSDP1 with one unit per ViT block, and under DeepSpeed ZeRO-3: 2 CPU processes over
+"""KAdaptation under DDP, FSDP2 and FSDP1 with one unit per ViT block, and under DeepSpeed ZeRO-3: 2 CPU processes over
 gloo (tests/sharded_training.py).
 
 Each sharded run must equal the one-process reference (losses and trained adapter weights) and leave both ranks with
@@ -68,6 +68,11 @@ def assert_equals_reference(ranks: list[dict], ref: dict, atol: float = 1e-4) ->
     for key, expected in ref["adapter"].items():
         torch.testing.assert_close(ranks[0]["adapter"][key], expected, atol=atol, rtol=0, msg=key)
         torch.testing.assert_close(ranks[1]["adapter"][key], ranks[0]["adapter"][key], atol=0, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("targets", ["qv", "all"])
+def test_ddp_equals_one_process(targets, base, reference, tmp_path):
+    assert_equals_reference(run("ddp", targets, base, tmp_path / "ddp"), reference[targets])
 
 
 @pytest.mark.parametrize("targets", ["qv", "all"])

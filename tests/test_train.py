@@ -83,10 +83,10 @@ def test_the_saved_model_is_exactly_the_selected_checkpoint(method, tiny_backbon
     assert_same_weights(weights_file(tmp_path), weights_file(best))
 
 
-def test_example_script_and_bad_method(tiny_backbone, tmp_path, capsys):
-    script = "examples/image_classification/run_image_classification.py"
+def test_the_program_runs_as_a_module_and_bad_method(tiny_backbone, tmp_path, capsys):
+    module = "peft_kadapt.training.run_image_classification"
     done = subprocess.run(
-        [sys.executable, script, *train_args(tiny_backbone, tmp_path)[1:], "--method", "lora"],
+        [sys.executable, "-m", module, *train_args(tiny_backbone, tmp_path)[1:], "--method", "lora"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -159,16 +159,18 @@ def test_methods_without_adapter_need_no_target_modules(method, tmp_path):
 
 def test_convert_dinov2_honours_image_size_without_output_dir(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KADAPT_CACHE", str(tmp_path))
-    kadapt(["convert-dinov2", "--image-size", "112"])
-    path = capsys.readouterr().out.strip()
+    kadapt(["convert-dinov2", "--image-size", "112"])  # the old spelling still works, with a note
+    captured = capsys.readouterr()
+    assert "--image-size is deprecated and will be removed in 0.3; use --image_size." in captured.err
+    path = captured.out.strip()
     assert path == str(tmp_path / "dinov2-small-imgfocus-112px")
     assert json.loads((tmp_path / "dinov2-small-imgfocus-112px" / "config.json").read_text())["image_size"] == 112
 
 
 def test_demo_runs_on_a_tiny_model(tiny_backbone, tmp_path):
     done = subprocess.run(
-        [sys.executable, "examples/demo.py", "--model_name_or_path", tiny_backbone, "--dataset", "digits",
-         "--shots", "5", "--epochs", "1", "--resolution", "32", "--output-dir", str(tmp_path)],
+        [sys.executable, "-m", "peft_kadapt.training.demo", "--model_name_or_path", tiny_backbone, "--dataset", "digits",
+         "--shots", "5", "--epochs", "1", "--resolution", "32", "--output_dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

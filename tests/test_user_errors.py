@@ -325,7 +325,7 @@ def test_the_console_script_prints_hub_errors_without_a_traceback(tmp_path):
     adapter = saved_adapter(tmp_path / "adapter")
     env = {**os.environ, "HF_ENDPOINT": closed_port_url(), "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_x"}
     done = subprocess.run([sys.executable, "-m", "peft_kadapt.training.cli", "push", str(adapter), "someone/x",
-                           "--base-model", "facebook/dinov2-small"], capture_output=True, text=True, env=env,
+                           "--base_model", "facebook/dinov2-small"], capture_output=True, text=True, env=env,
                           timeout=120)  # fmt: skip
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3, done.stderr

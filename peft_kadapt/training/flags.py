@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def comma_ints(text: str, flag: str, meaning: str) -> list[int]:
@@ -42,3 +43,19 @@ def require_learning_rates(args: argparse.Namespace, flags: tuple[str, ...]) -> 
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise ValueError(f"--{flag} {value}: expected a learning rate above 0, e.g. 1e-2.")
+
+
+class _OldSpelling(argparse.Action):
+    """Stores into the new flag's destination and says, on stderr, which spelling to use instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest
+        print(f"{parser.prog}: {option_string} is deprecated and will be removed in 0.3; use {new}.", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def accept_old_spelling(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Let `old` (e.g. `--output-dir`) set what `new` (`--output_dir`) sets, for one release, with a deprecation note.
+    `new` must already be an argument of `parser` that takes one value."""
+    action = next(a for a in parser._actions if new in a.option_strings)
+    parser.add_argument(old, dest=action.dest, type=action.type, action=_OldSpelling, help=argparse.SUPPRESS)

@@ -2,9 +2,9 @@
 """Fine-tune an image classifier with KAdaptation (or LoRA, LoKr, a linear probe, BitFit, full fine-tuning) with the
 transformers Trainer, offline or from the Hub.
 
-    python examples/image_classification/run_image_classification.py --dataset_name mnist5k --shots 20 \\
-        --output_dir outputs/mnist5k-kadaptation
-    kadapt train --dataset_name mnist5k --method lora --lora_r 8 --output_dir outputs/mnist5k-lora   # the same program
+    kadapt train --dataset_name mnist5k --shots 20 --output_dir outputs/mnist5k-kadaptation
+    kadapt train --dataset_name mnist5k --method lora --lora_r 8 --output_dir outputs/mnist5k-lora
+    python -m peft_kadapt.training.run_image_classification ...   # the same program
     kadapt train args.json     # or args.yaml: every argument from a file, same defaults as the flags
 
 The checkpoint is chosen on the validation split; the test split is evaluated once, at the end. Every

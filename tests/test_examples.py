@@ -1,0 +1,140 @@
+"""The example scripts users copy: public API only, and they run (Trainer; Accelerate with two CPU processes)."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ViTForImageClassification, ViTImageProcessor
+
+from conftest import tiny_vit_config
+
+
+ROOT = Path(__file__).parents[1]
+EXAMPLES = ROOT / "examples"
+TRAINER = EXAMPLES / "image_classification" / "run_image_classification.py"
+NO_TRAINER = EXAMPLES / "image_classification" / "run_image_classification_no_trainer.py"
+# what a copied example may need: the standard library, the ecosystem, and peft_kadapt's public names
+ALLOWED = {
+    "accelerate",
+    "datasets",
+    "evaluate",
+    "numpy",
+    "peft",
+    "PIL",
+    "torch",
+    "tqdm",
+    "transformers",
+    "peft_kadapt",
+}
+METRIC = ROOT / "peft_kadapt" / "training" / "evaluate_metrics" / "accuracy.py"  # evaluate's accuracy, offline
+CLASSES = ("circle", "square", "stripes")
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module, [a.name for a in node.names]))
+    return found
+
+
+@pytest.mark.parametrize("script", [TRAINER, NO_TRAINER], ids=["trainer", "no_trainer"])
+def test_examples_import_only_the_public_api(script):
+    for module, names in imports(script):
+        top = module.split(".")[0]
+        assert top in sys.stdlib_module_names or top in ALLOWED, f"{script.name} imports {module}"
+        if top == "peft_kadapt":
+            assert module == "peft_kadapt" and set(names) <= {"KAdaptationConfig"}, f"{script.name}: {module} {names}"
+
+
+def test_examples_folder_holds_no_symlink():
+    links = [p for p in EXAMPLES.rglob("*") if p.is_symlink()]
+    assert not links, links
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """train/ and validation/ folders of 3 classes of small drawn images (8 and 3 per class)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("validation", 3)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                array = rng.integers(0, 40, (24, 24, 3), dtype=np.uint8)
+                array[6:18, 6:18, label] = 220  # each class lights its own colour channel
+                Image.fromarray(array).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(0)
+    ViTForImageClassification(tiny_vit_config()).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)
+
+
+def run(command: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def assert_adapter_loads(output: Path, backbone: str) -> None:
+    code = (
+        "import sys, peft_kadapt; from peft import PeftModel; from transformers import ViTForImageClassification\n"
+        f"base = ViTForImageClassification.from_pretrained({backbone!r}, num_labels=3)\n"
+        f"model = PeftModel.from_pretrained(base, {str(output)!r})\n"
+        "assert model.peft_config['default'].peft_type.value == 'KADAPTATION'\n"
+    )
+    run([sys.executable, "-c", code])
+
+
+@pytest.mark.slow
+def test_trainer_example_trains_evaluates_and_saves(image_folder, backbone, tmp_path):
+    out = tmp_path / "out"
+    run([sys.executable, str(TRAINER), "--model_name_or_path", backbone, "--train_dir", str(image_folder / "train"),
+         "--validation_dir", str(image_folder / "validation"), "--output_dir", str(out), "--do_train", "--do_eval",
+         "--num_train_epochs", "2", "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--kadapt_n", "4",
+         "--metric", str(METRIC), "--report_to", "none", "--use_cpu"])  # fmt: skip
+    results = json.loads((out / "all_results.json").read_text())
+    assert 0 <= results["eval_accuracy"] <= 1 and results["epoch"] == 2
+    assert (out / "adapter_model.safetensors").exists() and (out / "preprocessor_config.json").exists()
+    assert_adapter_loads(out, backbone)
+
+
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # accelerate launch sends --cpu runs to its one-process launcher; --multi_gpu takes the torchrun-based one, and
+    # the script's --cpu then gives two CPU processes over gloo
+    "accelerate launch": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--main_process_port", "29534"],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_accelerate_example_on_two_processes_counts_each_image_once(launcher, image_folder, backbone, tmp_path):
+    out = tmp_path / "out"
+    run([*LAUNCHERS[launcher], str(NO_TRAINER), "--cpu", "--model_name_or_path", backbone,
+         "--train_dir", str(image_folder / "train"), "--validation_dir", str(image_folder / "validation"),
+         "--output_dir", str(out), "--max_train_steps", "3", "--per_device_train_batch_size", "4",
+         "--per_device_eval_batch_size", "2", "--kadapt_n", "4", "--metric", str(METRIC)])  # fmt: skip
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["num_processes"] == 2 and results["steps"] == 3
+    # 9 validation images over 2 ranks in batches of 2: the padding is dropped, nothing is counted twice
+    assert results["eval_examples"] == 9
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["adapter_model.safetensors"]
+    assert_adapter_loads(out, backbone)
