@@ -33,6 +33,7 @@ from peft_kadapt.training import (
     build_model,
     few_shot,
     fit,
+    get_method,
     image_normalization,
     image_transform,
     load_image_dataset,
@@ -86,8 +87,7 @@ def sizes(layers: dict, inputs: dict) -> dict[str, dict[str, float]]:
 
 def measure(variant: str, alpha: float, lr: float, steps: list[int], x, y, labels, resolution, model_path, seed=0):
     args = parse_variant(variant, model_name_or_path=model_path)
-    alpha_field = "kadapt_alpha" if args.method == "kadaptation" else "lora_alpha"
-    args = replace(args, **{alpha_field: alpha})
+    args = replace(args, **{get_method(args.method).alpha_field: alpha})
     torch.manual_seed(seed)
     model, _ = build_model(args, labels)
     extra = pos_encoding_kwargs(model, resolution)
@@ -107,7 +107,7 @@ def measure(variant: str, alpha: float, lr: float, steps: list[int], x, y, label
 def reference_for(variant: str, reference: str) -> str:
     """`reference` with `{r}` replaced by the variant's rank (its LoRA twin of the same parameters per layer)."""
     spec = parse_variant(variant)
-    rank = spec.kadapt_r if spec.method == "kadaptation" else spec.lora_r
+    rank = getattr(spec, get_method(spec.method).rank_field)
     return reference.format(r=rank)
 
 

@@ -18,7 +18,15 @@ HUB_EQUIVALENTS = {"dinov2-small-imgfocus": "facebook/dinov2-small"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
-SHARED_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "metrics.json", "training_curve.png")
+# config.json: the head's configuration (its classes, id2label / label2id), which `load_image_classifier` restores
+SHARED_FILES = (
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "config.json",
+    "README.md",
+    "metrics.json",
+    "training_curve.png",
+)
 
 
 class HubUnreachableError(ConnectionError):
@@ -120,29 +128,77 @@ METHOD_CARDS = {  # peft_type -> what a model card says about the method
 }
 
 
-def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_id: str | None) -> str:
-    front = ["---", "library_name: peft"]
-    if base_model:
-        front += [f"base_model: {base_model}", "base_model_relation: adapter"]
+RESULT_KEYS = (
+    "dataset",
+    "shots",
+    "sampling_seed",
+    "resolution",
+    "train_images",
+    "validation_images",
+    "test_images",
+    "validation_accuracy",
+    "test_accuracy",
+    "trainable_parameters",
+    "saved_file_bytes",
+    "wall_time_s",
+    "learning_rate",
+    "num_train_epochs",
+)
+
+
+def _card_data(config: dict, metrics: dict | None, base_model: str | None, repo_id: str | None):
+    from huggingface_hub import EvalResult, ModelCardData
+
     method = METHOD_CARDS.get(config.get("peft_type"), METHOD_CARDS[None])
-    front += ["pipeline_tag: image-classification", "tags:"]
-    front += [f"- {t}" for t in ("peft", *method["tags"], "image-classification", "vision")]
-    if metrics and metrics.get("dataset"):
-        front += [
-            "model-index:",
-            f"- name: {repo_id or method['tags'][0] + '-adapter'}",
-            "  results:",
-            "  - task:",
-            "      type: image-classification",
-            "    dataset:",
-            f"      name: {metrics['dataset']}",
-            f"      type: {metrics['dataset']}",
-            "    metrics:",
-            "    - type: accuracy",
-            f"      value: {metrics['test_accuracy']:.4f}",
+    results = None
+    if metrics and metrics.get("dataset") and metrics.get("test_accuracy") is not None:
+        results = [
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=metrics["dataset"],
+                dataset_name=metrics["dataset"],
+                metric_type="accuracy",
+                metric_value=round(metrics["test_accuracy"], 4),
+            )
         ]
-    front.append("---")
-    hyper = {k: config.get(k) for k in method["settings"]}
+    return ModelCardData(
+        library_name="peft",
+        base_model=base_model,
+        base_model_relation="adapter" if base_model else None,
+        pipeline_tag="image-classification",
+        tags=["peft", *method["tags"], "image-classification", "vision"],
+        model_name=repo_id or f"{method['tags'][0]}-adapter",
+        eval_results=results,
+    )
+
+
+def _load_section(config: dict, labels: list[str] | None, base_model: str | None, repo_id: str | None) -> list[str]:
+    method = METHOD_CARDS.get(config.get("peft_type"), METHOD_CARDS[None])
+    head = "num_labels=NUM_LABELS"
+    if labels:
+        head = f"num_labels={len(labels)}, id2label=dict(enumerate(LABELS)), label2id={{c: i for i, c in enumerate(LABELS)}}"
+    lines = ["## How to load", "", *method["load_note"], "```python", *method["imports"]]
+    lines += ["from peft import PeftModel", "from transformers import AutoModelForImageClassification", ""]
+    if labels:
+        lines.append(f"LABELS = {labels!r}  # the classes, in the order of the head's outputs")
+    lines += [
+        f"base = AutoModelForImageClassification.from_pretrained({base_model or 'BASE_MODEL'!r}, {head})",
+        f"model = PeftModel.from_pretrained(base, {repo_id or 'ADAPTER_DIR'!r})",
+        "model = model.merge_and_unload()  # optional: a plain model, no inference overhead",
+        "```",
+    ]
+    if config.get("peft_type") == "KADAPTATION":
+        lines += [
+            "",
+            f"Or in one line, the head's classes restored from this folder's `config.json`: "
+            f"`peft_kadapt.hub.load_image_classifier({repo_id or 'ADAPTER_DIR'!r})`.",
+        ]
+    return lines
+
+
+def _card_body(config: dict, metrics: dict | None, base_model: str | None, repo_id: str | None) -> str:
+    method = METHOD_CARDS.get(config.get("peft_type"), METHOD_CARDS[None])
+    labels = (metrics or {}).get("labels")
     targets = config.get("target_modules")
     lines = [
         f"# {repo_id or method['name'] + ' adapter'}",
@@ -150,55 +206,37 @@ def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_
         f"A {method['description']} for `{base_model or config.get('base_model_name_or_path')}`, made with "
         "[peft_kadapt](https://pypi.org/project/peft-kadapt/).",
         "",
-        "## How to load",
-        "",
-        *method["load_note"],
-        "```python",
-        *method["imports"],
-        "from peft import PeftModel",
-        "from transformers import AutoModelForImageClassification",
-        "",
-        f"base = AutoModelForImageClassification.from_pretrained({base_model or 'BASE_MODEL'!r}, "
-        f"num_labels={(metrics or {}).get('num_labels', 'NUM_LABELS')})",
-        f"model = PeftModel.from_pretrained(base, {repo_id or 'ADAPTER_DIR'!r})",
-        "model = model.merge_and_unload()  # optional: a plain model, no inference overhead",
-        "```",
+        *_load_section(config, labels, base_model, repo_id),
         "",
         "## Hyper-parameters",
         "",
         "| setting | value |",
         "|---|---|",
-        *[f"| {k} | {v} |" for k, v in hyper.items()],
+        *[f"| {k} | {config.get(k)} |" for k in method["settings"]],
         f"| target_modules | {sorted(targets) if isinstance(targets, list) else targets} |",
         f"| modules_to_save | {config.get('modules_to_save')} |",
     ]
-    if metrics:
+    if labels:
         lines += [
             "",
-            "## Results (measured by the training run that wrote this adapter)",
+            "## Classes",
             "",
-            "| metric | value |",
+            "| index | class |",
             "|---|---|",
+            *[f"| {i} | {c} |" for i, c in enumerate(labels)],
         ]
-        keys = (
-            "dataset",
-            "shots",
-            "sampling_seed",
-            "resolution",
-            "train_images",
-            "validation_images",
-            "test_images",
-            "validation_accuracy",
-            "test_accuracy",
-            "trainable_parameters",
-            "saved_file_bytes",
-            "wall_time_s",
-            "learning_rate",
-            "num_train_epochs",
-        )
-        lines += [f"| {k} | {metrics[k]} |" for k in keys if k in metrics]
+    if metrics:
+        lines += ["", "## Results (measured by the training run that wrote this adapter)", "", "| metric | value |"]
+        lines += ["|---|---|", *[f"| {k} | {metrics[k]} |" for k in RESULT_KEYS if k in metrics]]
         lines += ["", "The checkpoint was chosen on the validation split; test accuracy was measured once."]
-    return "\n".join(front + [""] + lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def _card_text(config: dict, metrics: dict | None, base_model: str | None, repo_id: str | None) -> str:
+    from huggingface_hub import ModelCard
+
+    data = _card_data(config, metrics, base_model, repo_id)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_card_body(config, metrics, base_model, repo_id)}"))
 
 
 def write_model_card(
@@ -212,8 +250,9 @@ def write_model_card(
     config = read_adapter_config(adapter_dir)
     if metrics is None and (adapter_dir / "metrics.json").exists():
         metrics = _read_json(adapter_dir / "metrics.json")
-    if metrics is not None and "num_labels" not in metrics:
-        metrics = {**metrics, "num_labels": _num_labels(adapter_dir)}
+    if metrics is not None and "labels" not in metrics and (adapter_dir / "config.json").is_file():
+        id2label = _read_json(adapter_dir / "config.json").get("id2label") or {}
+        metrics = {**metrics, "labels": [id2label[k] for k in sorted(id2label, key=int)] or None}
     base_model = base_model or hub_id_for(
         (metrics or {}).get("model_name_or_path") or config.get("base_model_name_or_path") or ""
     )
@@ -222,17 +261,24 @@ def write_model_card(
     return path
 
 
-def _num_labels(adapter_dir: Path) -> int | None:
-    from safetensors import safe_open
+def load_image_classifier(adapter: str | os.PathLike, base_model: str | None = None, **kwargs):
+    """A `PeftModel` for an image-classification adapter saved by peft_kadapt (a folder or a Hub repo): the base model
+    (`base_model`, default the adapter's) with the head it was trained with, its classes and their order from the
+    adapter's `config.json` (`id2label`, `label2id`), and the adapter loaded. `kwargs` go to `PeftModel.from_pretrained`.
+    """
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoConfig, AutoModelForImageClassification
 
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.exists():
-        return None
-    with safe_open(str(weights), "pt") as f:
-        for key in f.keys():
-            if key.endswith("classifier.bias"):
-                return int(f.get_slice(key).get_shape()[0])
-    return None
+    head = AutoConfig.from_pretrained(str(adapter))  # config.json of the adapter folder or repo
+    base_model = base_model or PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
+    base = AutoModelForImageClassification.from_pretrained(
+        base_model,
+        num_labels=head.num_labels,
+        id2label=head.id2label,
+        label2id=head.label2id,
+        ignore_mismatched_sizes=True,  # the base checkpoint's own head, if any, has other classes
+    )
+    return PeftModel.from_pretrained(base, str(adapter), **kwargs)
 
 
 def push_adapter(

@@ -34,6 +34,7 @@ def bench_args(backbone, out, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_records_table_plot_and_speed_and_resumes(tiny_backbone, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = bench_args(
@@ -213,6 +214,7 @@ def test_downscaling_more_than_twice_warns(tmp_path):
         warn_on_downscaling({"textiles": 56})
 
 
+@pytest.mark.slow
 def test_auto_resolution_keeps_small_images_at_56_px_and_gives_large_ones_112(tiny_backbone, tmp_path):
     from peft_kadapt.training.bench.cli import resolutions
 

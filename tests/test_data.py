@@ -31,6 +31,7 @@ def test_offline_datasets(name):
     assert counts.min() > 0
 
 
+@pytest.mark.slow
 def test_fashion_mnist():
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist is not installed (make test installs it when run as root)")
@@ -132,3 +133,92 @@ def test_transform_normalises():
     x = out["pixel_values"][0]
     assert x.shape == (3, 8, 8) and torch.allclose(x[0], x[1]) and 0 <= x.min() and x.max() <= 1.0 + 1e-5
     assert out["labels"] == dsd["train"][:2]["label"]
+
+
+def picture() -> np.ndarray:
+    """An 8-bit grey picture with a gradient and a bright square: (24, 24) uint8."""
+    array = np.tile(np.linspace(0, 200, 24), (24, 1)).astype(np.uint8)
+    array[6:14, 8:16] = 250
+    return array
+
+
+def in_mode(array: np.ndarray, mode: str):
+    from PIL import Image as PILImage
+
+    grey = PILImage.fromarray(array)
+    if mode == "I;16":
+        return PILImage.fromarray(array.astype(np.uint16) * 257)
+    if mode == "I":
+        return PILImage.fromarray(array.astype(np.int32) * 257)
+    if mode == "F":
+        return PILImage.fromarray(array.astype(np.float32) / 255)
+    return grey.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"])
+def test_every_depth_gives_the_model_the_same_picture(mode):
+    """16-bit and float images are read by their range, not clipped at 255 (which made them white or black)."""
+    transform = image_transform([0.5] * 3, [0.5] * 3, 24)
+    expected = transform({"image": [in_mode(picture(), "L")], "label": [0]})["pixel_values"][0]
+    got = transform({"image": [in_mode(picture(), mode)], "label": [0]})["pixel_values"][0]
+    torch.testing.assert_close(got, expected, atol=2 * 2 / 255, rtol=0)  # 8-bit steps, normalised by std 0.5
+
+
+def test_binary_images_are_black_and_white():
+    from PIL import Image as PILImage
+
+    image = PILImage.fromarray(picture() > 128)  # mode "1"
+    assert image.mode == "1"
+    pixels = image_transform([0.0] * 3, [1.0] * 3, 24)({"image": [image], "label": [0]})["pixel_values"][0]
+    assert set(torch.unique(pixels).tolist()) <= {0.0, 1.0} and pixels.max() == 1.0
+
+
+@pytest.mark.parametrize(
+    "array, words",
+    [
+        (np.full((4, 4), 300.0, dtype=np.float32), ["mode 'F'", "from 300 to 300", "Scale it to [0, 1]"]),
+        (np.full((4, 4), 70000, dtype=np.int32), ["mode 'I'", "outside the 16-bit range 0..65535"]),
+    ],
+)
+def test_a_range_that_cannot_be_read_is_refused_with_the_mode(array, words, tmp_path):
+    from PIL import Image as PILImage
+
+    for split in ("a", "b"):
+        (tmp_path / split).mkdir()
+        PILImage.fromarray(array).save(tmp_path / split / "x.tif")
+    with pytest.raises(ValueError) as raised:
+        load_image_dataset(str(tmp_path))
+    assert "x.tif" in str(raised.value) and all(w in str(raised.value) for w in words), str(raised.value)
+
+
+def write_classes(root, classes=("cats", "dogs"), count=4):
+    from PIL import Image as PILImage
+
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            PILImage.fromarray(np.full((8, 8), 40 * label + i, dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_symlinked_class_folders_are_followed_and_empty_ones_named(tmp_path):
+    write_classes(tmp_path / "elsewhere", classes=("birds",))
+    write_classes(tmp_path / "data")
+    (tmp_path / "data" / "birds").symlink_to(tmp_path / "elsewhere" / "birds", target_is_directory=True)
+    dsd = load_image_dataset(str(tmp_path / "data"))
+    assert dsd["train"].features["label"].names == ["birds", "cats", "dogs"] and len(dsd["train"]) == 12
+    (tmp_path / "data" / "fish").mkdir()
+    with pytest.raises(ValueError, match=r"class folders \['fish'\] .* hold no images"):
+        load_image_dataset(str(tmp_path / "data"))
+
+
+def test_a_validation_split_of_the_source_is_used(tmp_path, caplog):
+    write_classes(tmp_path / "train", count=6)
+    write_classes(tmp_path / "validation", count=2)
+    source = load_image_dataset(str(tmp_path))
+    with caplog.at_level("INFO"):
+        splits = few_shot(source, 3, seed=0, test_per_class=2)
+    assert len(splits["validation"]) == 4 and len(splits["train"]) == 6  # every shot trains
+    assert splits["validation"]["image"][0] == source["validation"]["image"][0]
+    assert "the source's own validation split (4 images)" in caplog.text
+    carved = few_shot(source, 3, seed=0, test_per_class=2, val_shots=1)
+    assert len(carved["validation"]) == 2 and len(carved["train"]) == 4

@@ -102,6 +102,7 @@ def kadapt_train(backbone, out, steps: int):
     kadapt(["train", "--model_name_or_path", backbone, *flags.split(), *SPLIT, "--output_dir", str(out)])
 
 
+@pytest.mark.slow
 def test_bench_and_kadapt_train_agree_on_the_same_split(tiny_backbone, tmp_path):
     bench = "--datasets digits --seeds 0 --steps 6 --val_per_class 3 --workers 1 --speed_rounds 0"
     kadapt(["bench", "--model_name_or_path", tiny_backbone, *bench.split(), "--methods", "kadaptation n=4",
@@ -125,6 +126,7 @@ def test_evaluate_scores_in_eval_mode_without_gradient():
         fit(model.requires_grad_(False), x, y, Recipe(1e-3, 1))
 
 
+@pytest.mark.slow
 def test_saved_adapter_of_kadapt_train_equals_the_engine_weights(tiny_backbone, tmp_path):
     """Same split, same recipe: the adapter file `kadapt train` writes holds the engine's weights."""
     kadapt_train(tiny_backbone, tmp_path, steps=5)

@@ -5,10 +5,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_profile(tiny_backbone, tmp_path):
     env = {**os.environ, "PROFILE": "tiny", "OUT": str(tmp_path), "TINY_BACKBONE": tiny_backbone}
     done = subprocess.run(

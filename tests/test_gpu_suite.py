@@ -4,6 +4,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from peft_kadapt.training.bench.protocol import read_records
 
 
@@ -17,6 +19,7 @@ def suite(tiny_backbone, out, limit="300"):
     )
 
 
+@pytest.mark.slow
 def test_gpu_suite_tiny_profile_records_tables_and_resumes(tiny_backbone, tmp_path):
     done = suite(tiny_backbone, tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -33,6 +36,7 @@ def test_gpu_suite_tiny_profile_records_tables_and_resumes(tiny_backbone, tmp_pa
     assert again.returncode == 0 and len(read_records(tmp_path / "frontier_gpu.jsonl")) == len(records)
 
 
+@pytest.mark.slow
 def test_gpu_suite_stops_at_its_time_limit(tiny_backbone, tmp_path):
     done = suite(tiny_backbone, tmp_path, limit="4")  # stopped while still loading
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -89,6 +89,7 @@ def test_push_refuses_a_local_base_model_and_works_from_the_cli(adapter_dir, mon
     assert front_matter(hub.files["README.md"].decode())["base_model"] == "facebook/dinov2-small"
 
 
+@pytest.mark.slow
 def test_load_by_repo_id_from_the_cache_offline(adapter_dir, tmp_path):
     from peft import PeftModel
 

@@ -125,6 +125,7 @@ def solve_in_subspace(model: Constraints, d: int, steps: int = 5000, lr: float =
         return (sub().abs() < 0.05).float().mean().item()
 
 
+@pytest.mark.slow
 def test_toy_task_with_known_intrinsic_dimension():
     model = Constraints()
     results = [RunResult("toy", d, 1000, solve_in_subspace(model, d), 0.0) for d in (1, 2, 5, 8, 10, 12, 20, 50)]
@@ -138,6 +139,7 @@ def test_errors():
         group_parameters(make_vit(), r"nothing_here$")
 
 
+@pytest.mark.slow
 def test_command_writes_every_output(tmp_path):
     torch.manual_seed(0)
     ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "backbone")
@@ -265,6 +267,7 @@ def test_every_choice_is_made_on_validation_and_the_budget_rules(tiny_backbone, 
     assert setting["parameters"] <= 600 and setting["n"] != 8  # n = 8 costs 2 x 8³ + 256 > 600
 
 
+@pytest.mark.slow
 def test_full_reference_learning_rate_is_chosen_on_validation_and_a_sweep_resumes(
     tiny_backbone, tmp_path, monkeypatch
 ):

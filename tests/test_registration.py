@@ -44,6 +44,7 @@ def _load_config_in_worker(path, queue):
     queue.put(PeftConfig.from_pretrained(path).n)
 
 
+@pytest.mark.slow
 def test_spawned_worker_process(tmp_path):
     peft_kadapt.KAdaptationConfig(n=8).save_pretrained(tmp_path)
     ctx = multiprocessing.get_context("spawn")
@@ -60,6 +61,7 @@ def run_python(code: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_fresh_process_round_trip_and_clear_failure_without_import(tmp_path):
     save = run_python(
         f"""

@@ -19,6 +19,7 @@ def train_args(backbone, out, *extra):
             "true", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["kadaptation", "lora", "lokr", "linear", "bitfit", "full"])
 def test_every_method_trains_and_reports(method, tiny_backbone, tmp_path):
     assert kadapt(train_args(tiny_backbone, tmp_path, "--method", method)) == 0
@@ -57,6 +58,7 @@ def assert_same_weights(a: dict, b: dict):
 METHOD_NAMES = list(METHODS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_resume_reproduces_the_uninterrupted_run(method, tiny_backbone, tmp_path):
     common = ("--method", method, "--lr_scheduler_type", "constant", "--seed", "1", "--learning_rate", "1e-3")
@@ -71,6 +73,7 @@ def test_resume_reproduces_the_uninterrupted_run(method, tiny_backbone, tmp_path
     assert a["test_accuracy"] == b["test_accuracy"] and a["validation_accuracy"] == b["validation_accuracy"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_the_saved_model_is_exactly_the_selected_checkpoint(method, tiny_backbone, tmp_path):
     # select the checkpoint with the HIGHEST validation loss: the first epoch, so that best != last
@@ -83,6 +86,7 @@ def test_the_saved_model_is_exactly_the_selected_checkpoint(method, tiny_backbon
     assert_same_weights(weights_file(tmp_path), weights_file(best))
 
 
+@pytest.mark.slow
 def test_the_program_runs_as_a_module_and_bad_method(tiny_backbone, tmp_path, capsys):
     module = "peft_kadapt.training.run_image_classification"
     done = subprocess.run(
@@ -101,6 +105,7 @@ def test_the_program_runs_as_a_module_and_bad_method(tiny_backbone, tmp_path, ca
     )
 
 
+@pytest.mark.slow
 def test_val_pool_trains_on_every_shot(tiny_backbone, tmp_path):
     assert kadapt(train_args(tiny_backbone, tmp_path, "--method", "linear", "--val_pool", "3")) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -167,6 +172,7 @@ def test_convert_dinov2_honours_image_size_without_output_dir(tmp_path, monkeypa
     assert json.loads((tmp_path / "dinov2-small-imgfocus-112px" / "config.json").read_text())["image_size"] == 112
 
 
+@pytest.mark.slow
 def test_demo_runs_on_a_tiny_model(tiny_backbone, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "peft_kadapt.training.demo", "--model_name_or_path", tiny_backbone, "--dataset", "digits",
@@ -177,3 +183,36 @@ def test_demo_runs_on_a_tiny_model(tiny_backbone, tmp_path):
     assert "KAdaptation" in done.stdout and "linear probe" in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"kadaptation", "linear"} and not list(tmp_path.glob("*/checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_class_names_travel_with_the_adapter_and_load_from_anywhere(tmp_path, tiny_backbone, monkeypatch):
+    """A folder of three named classes: the names reach metrics.json, the card, the head config saved beside the
+    adapter, and `load_image_classifier` restores them; the base model path is stored absolute."""
+    from PIL import Image
+
+    from peft_kadapt.hub import load_image_classifier
+
+    for label, name in enumerate(("owl", "cat", "zebra")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (16, 16), (80 * label, 40, 200 - 60 * label)).save(tmp_path / "data" / name / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    relative = "backbone"
+    subprocess.run(["cp", "-r", tiny_backbone, relative], check=True)
+    kadapt(["train", "--model_name_or_path", relative, "--dataset_name", "data", "--shots", "5", "--test_per_class",
+            "2", "--resolution", "32", "--num_train_epochs", "1", "--kadapt_n", "4", "--output_dir", "out",
+            "--disable_tqdm", "true"])  # fmt: skip
+    out = tmp_path / "out"
+    labels = ["cat", "owl", "zebra"]  # folder classes, sorted
+    assert json.loads((out / "metrics.json").read_text())["labels"] == labels
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "cat", "1": "owl", "2": "zebra"}
+    assert "| 2 | zebra |" in (out / "README.md").read_text()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "backbone")  # absolute
+    monkeypatch.chdir("/")  # another working directory
+    model = load_image_classifier(str(out))
+    assert model.config.id2label == {0: "cat", 1: "owl", 2: "zebra"}
+    with torch.no_grad():
+        logits = model(pixel_values=torch.zeros(1, 3, 32, 32), interpolate_pos_encoding=True).logits
+    assert logits.shape == (1, 3)

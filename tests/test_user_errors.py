@@ -123,9 +123,36 @@ def kadapt_config_is_lora(tmp, backbone):
 
 
 def output_dir_with_earlier_run(tmp):
-    (tmp / "metrics.json").write_text("{}")
+    with claim_output_dir(tmp):
+        (tmp / "metrics.json").write_text("{}")
     with claim_output_dir(tmp):
         pass
+
+
+def output_dir_holding_files_no_run_wrote(tmp):
+    (tmp / "README.md").write_text("my notes")
+    (tmp / "config.json").write_text("{}")
+    with claim_output_dir(tmp, overwrite=True):
+        pass
+
+
+def train_folders(output: str, model: str = "model", resume: str | None = None, method: str = "kadaptation"):
+    def mistake(tmp):
+        from transformers import TrainingArguments
+
+        from peft_kadapt.training import ModelArguments
+        from peft_kadapt.training.run_image_classification import check_folders
+
+        for folder in ("model", "run", "other/checkpoint-2"):
+            (tmp / folder).mkdir(parents=True, exist_ok=True)
+        (tmp / "other" / "checkpoint-2" / "adapter_config.json").write_text('{"peft_type": "KADAPTATION"}')
+        (tmp / "run" / "checkpoint-4").mkdir(exist_ok=True)
+        (tmp / "run" / "checkpoint-4" / "adapter_config.json").write_text('{"peft_type": "KADAPTATION"}')
+        args = TrainingArguments(output_dir=str(tmp / output), resume_from_checkpoint=resume and str(tmp / resume))
+        return check_folders(ModelArguments(model_name_or_path=str(tmp / model), method=method), args)
+
+    mistake.__name__ = f"train_folders({output}, resume={resume}, method={method})"
+    return mistake
 
 
 def output_dir_locked_by_a_live_run(tmp):
@@ -218,6 +245,12 @@ ROWS = [
     # results mixed or lost
     (output_dir_with_earlier_run, OutputDirError, ["metrics.json", "--overwrite_output_dir", "another --output_dir"]),
     (output_dir_locked_by_a_live_run, OutputDirError, ["Another run (process", ".kadapt.lock"]),
+    (output_dir_holding_files_no_run_wrote, OutputDirError, ["README.md", "config.json", "no run of this program"]),
+    (train_folders("model"), ValueError, ["--output_dir", "is the folder of --model_name_or_path"]),
+    (train_folders("run", resume="run/checkpoint-9"), ValueError, ["--resume_from_checkpoint", "no such folder"]),
+    (train_folders("run", resume="other/checkpoint-2"), ValueError, ["checkpoint of another run's folder"]),
+    (train_folders("run", resume="run/checkpoint-4", method="lora"), ValueError, ["KADAPTATION run", "--method lora"]),
+    (train_folders("run", resume="run/checkpoint-4", method="linear"), ValueError, ["KADAPTATION run", "linear"]),
     # flags and argument files
     (json_arguments_with_a_typo, ValueError, ["learning_rte"]),
     (train_flags("--shots", "-5"), ValueError, ["--shots must be 0 or more", "0 = every training image", "-5"]),
@@ -248,10 +281,17 @@ ROWS_WITH_BACKBONE = [
 ]
 
 
+SLOW = {"model_hub_id_without_network", "bench_unknown_variant_key"}  # network retries; a whole bench start
+
+
+def rows(table):
+    return [
+        pytest.param(*r, id=r[0].__name__, marks=[pytest.mark.slow] if r[0].__name__ in SLOW else []) for r in table
+    ]
+
+
 @pytest.mark.usefixtures("online")
-@pytest.mark.parametrize(
-    "mistake, error, words", ROWS, ids=[getattr(r[0], "__name__", str(i)) for i, r in enumerate(ROWS)]
-)
+@pytest.mark.parametrize("mistake, error, words", rows(ROWS))
 def test_user_error(tmp_path, mistake, error, words):
     with pytest.raises(error) as raised:
         mistake(tmp_path)
@@ -260,7 +300,7 @@ def test_user_error(tmp_path, mistake, error, words):
     assert not missing, f"{missing} not in: {message}"
 
 
-@pytest.mark.parametrize("mistake, error, words", ROWS_WITH_BACKBONE, ids=[r[0].__name__ for r in ROWS_WITH_BACKBONE])
+@pytest.mark.parametrize("mistake, error, words", rows(ROWS_WITH_BACKBONE))
 def test_user_error_of_a_command(tiny_backbone, tmp_path, mistake, error, words):
     with pytest.raises(error) as raised:
         mistake(tmp_path, tiny_backbone)
@@ -277,14 +317,27 @@ def test_non_finite_adapters_load_when_allowed(tmp_path, monkeypatch):
     assert any(torch.isnan(p).any() for n, p in model.named_parameters() if "kadapt_u" in n)
 
 
-def test_overwrite_removes_the_earlier_run_and_keeps_other_files(tmp_path):
-    for name in ("metrics.json", "adapter_model.safetensors", "README.md"):
-        (tmp_path / name).write_text("old")
-    (tmp_path / "checkpoint-3").mkdir()
+def test_overwrite_removes_what_the_earlier_run_wrote_and_nothing_else(tmp_path):
     (tmp_path / "my_notes.txt").write_text("keep")
-    with claim_output_dir(tmp_path, overwrite=True):
+    with claim_output_dir(tmp_path, run={"method": "lora"}):
+        for name in ("metrics.json", "adapter_model.safetensors", "README.md", "my_table.csv"):
+            (tmp_path / name).write_text("old")
+        (tmp_path / "checkpoint-3").mkdir()
+    with claim_output_dir(tmp_path, overwrite=True, run={"method": "kadaptation"}):
         assert (tmp_path / ".kadapt.lock").read_text() == str(os.getpid())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_notes.txt"]  # lock released, artefacts gone
+    # lock released, the earlier run's entries gone (by the manifest, whatever their names), the note kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".kadapt-run.json", "my_notes.txt"]
+
+
+def test_resuming_needs_the_run_that_made_the_folder(tmp_path):
+    with claim_output_dir(tmp_path, run={"method": "lora"}):
+        (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(OutputDirError, match=r"made with method 'lora', not 'kadaptation'"):
+        with claim_output_dir(tmp_path, resuming=True, run={"method": "kadaptation"}):
+            pass
+    with claim_output_dir(tmp_path, resuming=True, run={"method": "lora"}):
+        pass
+    assert (tmp_path / "checkpoint-3").is_dir()
 
 
 def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
@@ -305,6 +358,7 @@ sys.exit(entry())
 """
 
 
+@pytest.mark.slow
 def test_the_second_of_two_concurrent_runs_fails_at_once(tiny_backbone, tmp_path):
     args = ["train", "--model_name_or_path", tiny_backbone, "--dataset_name", "digits", "--shots", "5",
             "--test_per_class", "5", "--resolution", "32", "--kadapt_n", "4", "--disable_tqdm", "true",
@@ -321,6 +375,7 @@ def test_the_second_of_two_concurrent_runs_fails_at_once(tiny_backbone, tmp_path
     assert not (tmp_path / ".kadapt.lock").exists()
 
 
+@pytest.mark.slow
 def test_the_console_script_prints_hub_errors_without_a_traceback(tmp_path):
     adapter = saved_adapter(tmp_path / "adapter")
     env = {**os.environ, "HF_ENDPOINT": closed_port_url(), "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_x"}
@@ -332,6 +387,7 @@ def test_the_console_script_prints_hub_errors_without_a_traceback(tmp_path):
     assert "HF_ENDPOINT" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr
 
 
+@pytest.mark.slow
 def test_kadapt_config_from_an_earlier_adapter_folder_trains(tiny_backbone, tmp_path):
     adapter = saved_adapter(tmp_path / "earlier", KAdaptationConfig(n=4, target_modules=["q_proj"]))
     config = json.loads((adapter / "adapter_config.json").read_text())

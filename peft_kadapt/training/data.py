@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dat
 
 from ..hub import HubUnreachableError, is_hub_id
 
+
+logger = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -118,9 +121,7 @@ def _imagefolder(path: str | os.PathLike) -> DatasetDict:
     from PIL import UnidentifiedImageError
 
     root = Path(path)
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(root).parts)
-    )
+    files, folders = _walk(root)
     if not files:
         raise ValueError(f"No files found under {str(root)!r}. Expected {IMAGEFOLDER_LAYOUT}.")
     depths = {len(f.relative_to(root).parts) for f in files}
@@ -140,9 +141,19 @@ def _imagefolder(path: str | os.PathLike) -> DatasetDict:
         try:
             with PILImage.open(f) as image:
                 image.verify()
+            with PILImage.open(f) as image:
+                if image.mode in (*SIXTEEN_BIT_MODES, "F"):  # a range that cannot be read is refused now, by file
+                    image_to_rgb(image, repr(str(f)))
         except (UnidentifiedImageError, OSError) as error:
             raise ValueError(f"Cannot read the image {str(f)!r} ({error}): repair or remove it.") from None
     split_level = depths == {3}
+    empty = [d for d in folders if len(d.relative_to(root).parts) == (2 if split_level else 1)]
+    empty = [d for d in empty if not any(f.parent == d for f in files)]
+    if empty:
+        raise ValueError(
+            f"The class folders {[str(d.relative_to(root)) for d in empty]} under {str(root)!r} hold no images: add "
+            "images, or remove the folders (a class without images cannot be learnt)."
+        )
     rel = [f.relative_to(root).parts for f in files]
     groups: dict[str, list[tuple[str, str]]] = {}
     for f, parts in zip(files, rel):
@@ -171,6 +182,22 @@ def _imagefolder(path: str | os.PathLike) -> DatasetDict:
             for split, rows in groups.items()
         }
     )
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """The files and folders under `root`, following symbolic links (each real folder once), skipping names that
+    start with '.'; paths as seen through `root`, sorted."""
+    files, folders, seen = [], [], set()
+    for here, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        folders += [Path(here) / d for d in dirs]
+        files += [Path(here) / n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(here, n))]
+    return sorted(files), sorted(folders)
 
 
 _OFFLINE_LOADERS: dict[str, Callable[[], DatasetDict]] = {
@@ -268,12 +295,22 @@ def few_shot(
       mode a fifth of each class.
     - `val_pool`: instead of carving validation from the shots, draw this many images per class from the training
       pool outside the shots (extra labelled images used only for model selection; `train` then holds all k shots).
+    - validation: the source's `validation` split when it has one and neither `val_shots` nor `val_pool` is given
+      (all k shots then train, and the log says so); else carved from the shots or drawn from the pool as above.
     - test: the source's `test` split if it has one, else `test_per_class` images per class held out of the pool
       before the shots are drawn (default 50), so test never overlaps train or validation. `None` with a test split
       keeps the whole test split.
     The same seed gives the same images on every machine (numpy's PCG64 generator).
     """
     _require_train(dsd)
+    own_validation = "validation" in dsd and val_shots is None and val_pool is None
+    if own_validation:
+        logger.info(
+            "validation: the source's own validation split (%d images); every shot trains", len(dsd["validation"])
+        )
+    elif "validation" in dsd:
+        how = "carved from the shots (--val_shots)" if val_pool is None else "drawn outside the shots (--val_pool)"
+        logger.info("validation: %s; the source's validation split is not used", how)
     rng = np.random.Generator(np.random.PCG64(seed))
     pool = dsd["train"]
     names = pool.features["label"].names
@@ -302,12 +339,16 @@ def few_shot(
             train_idx += permuted[:take].tolist()
             continue
         chosen = permuted[:take]
+        if own_validation:
+            train_idx += chosen.tolist()
+            continue
         n_val = val_shots if val_shots is not None else max(1, take // 5)
         if n_val >= take:
             raise ValueError(f"`val_shots`={n_val} leaves no training image out of {take} for class {names[c]!r}.")
         val_idx += chosen[:n_val].tolist()
         train_idx += chosen[n_val:].tolist()
-    out = {"train": pool.select(sorted(train_idx)), "validation": pool.select(sorted(val_idx))}
+    validation = dsd["validation"] if own_validation else pool.select(sorted(val_idx))
+    out = {"train": pool.select(sorted(train_idx)), "validation": validation}
     if "test" in dsd:
         test = dsd["test"]
         if test_per_class is not None:
@@ -337,15 +378,46 @@ def _check_enough(idx, needed: int, name: str, what: str) -> None:
         )
 
 
+# Pillow modes whose values are not 8-bit: 16-bit grey ("I;16*", and "I", which 16-bit PNGs may open as) and 32-bit
+# float ("F"). `convert("RGB")` clips them to 255 (16-bit images come out white, float ones black).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def image_to_rgb(image, name: str = "an image") -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1], by the mode's real range: 8-bit modes (1, L, LA, P, RGB, RGBA, CMYK, ...) through
+    `convert("RGB")` (alpha dropped; Pillow reads 48-bit RGB as 8-bit RGB), 16-bit grey divided by 65535, float grey
+    as it is when it lies in [0, 1]; anything else is refused with its mode and range."""
+    if image.mode not in (*SIXTEEN_BIT_MODES, "F"):
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F":
+        if not np.isfinite(values).all() or low < 0 or high > 1:
+            raise ValueError(
+                f"{name} is a 32-bit float image (mode 'F') with values from {low:g} to {high:g}; only [0, 1] can be "
+                "read without guessing its range. Scale it to [0, 1] (or save it as 8- or 16-bit)."
+            )
+        grey = values
+    else:
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"{name} is a 32-bit integer image (mode 'I') with values from {low:g} to {high:g}, outside the "
+                "16-bit range 0..65535 it is read in. Save it as 8- or 16-bit."
+            )
+        grey = values / 65535.0
+    return np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+
+
 def image_transform(image_mean, image_std, resolution: int) -> Callable[[dict], dict]:
-    """Batch transform for `Dataset.set_transform`: RGB, bicubic resize to `resolution`, normalise, `pixel_values`."""
+    """Batch transform for `Dataset.set_transform`: RGB by the image's real range (`image_to_rgb`), bicubic resize to
+    `resolution`, normalise, `pixel_values`."""
     mean = torch.tensor(image_mean).view(3, 1, 1)
     std = torch.tensor(image_std).view(3, 1, 1)
 
     def transform(batch: dict) -> dict:
         pixels = []
         for image in batch["image"]:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # grey becomes RGB
+            array = image_to_rgb(image)  # grey becomes RGB
             x = torch.from_numpy(array).permute(2, 0, 1)[None]
             x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=True)
             pixels.append(((x[0] - mean) / std).contiguous())

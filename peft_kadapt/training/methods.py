@@ -83,6 +83,10 @@ class Method:
     lr_grid: tuple[float, ...]  # searched on validation by `kadapt bench`
     peft_config: Callable[[ModelArguments, list[str]], PeftConfig] | None = None  # None: no adapter
     trainable: Callable[[str], bool] | None = None  # for methods without adapter: which parameters train
+    peft_type: str | None = None  # what its adapter_config.json says (None: no adapter)
+    alpha_field: str | None = None  # the ModelArguments field of its adapter scale (None: it has none)
+    rank_field: str | None = None  # the ModelArguments field of its rank
+    quick_learning_rate: float = 1e-3  # the one learning rate of `kadapt bench --quick`
 
 
 def _kadaptation(args: ModelArguments, targets: list[str]) -> PeftConfig:
@@ -120,13 +124,25 @@ def _is_head(name: str) -> bool:
 # fine-tuning the bottom of theirs, and one step beyond each edge (the frontier study's extension) confirmed the centre.
 ADAPTER_LR_GRID = (1e-3, 3e-3, 1e-2)
 METHODS: dict[str, Method] = {
-    "kadaptation": Method("kadaptation", "KAdaptation factors and the head", 3e-3, ADAPTER_LR_GRID, _kadaptation),
+    "kadaptation": Method(
+        "kadaptation",
+        "KAdaptation factors and the head",
+        3e-3,
+        ADAPTER_LR_GRID,
+        _kadaptation,
+        peft_type="KADAPTATION",
+        alpha_field="kadapt_alpha",
+        rank_field="kadapt_r",
+    ),
     "lora": Method(
         "lora",
         "LoRA factors and the head",
         3e-3,
         ADAPTER_LR_GRID,
         lambda a, t: LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, target_modules=t, modules_to_save=[HEAD]),
+        peft_type="LORA",
+        alpha_field="lora_alpha",
+        rank_field="lora_r",
     ),
     "lokr": Method(
         "lokr",
@@ -134,8 +150,18 @@ METHODS: dict[str, Method] = {
         1e-2,
         ADAPTER_LR_GRID,
         lambda a, t: LoKrConfig(r=a.lora_r, alpha=a.lora_alpha, target_modules=t, modules_to_save=[HEAD]),
+        peft_type="LOKR",
+        alpha_field="lora_alpha",
+        rank_field="lora_r",
     ),
-    "linear": Method("linear", "the head only (linear probe)", 1e-2, (3e-3, 1e-2, 3e-2), trainable=_is_head),
+    "linear": Method(
+        "linear",
+        "the head only (linear probe)",
+        1e-2,
+        (3e-3, 1e-2, 3e-2),
+        trainable=_is_head,
+        quick_learning_rate=1e-2,
+    ),
     "bitfit": Method(
         "bitfit",
         "every bias and the head",
@@ -167,6 +193,8 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[nn.Module, boo
     method = get_method(args.method)
     id2label = dict(enumerate(labels))
     path = resolve_model(args.model_name_or_path)
+    if os.path.isdir(path):  # stored in adapter_config.json: absolute, so the adapter loads from any folder
+        path = os.path.abspath(path)
     try:
         model = AutoModelForImageClassification.from_pretrained(
             path,

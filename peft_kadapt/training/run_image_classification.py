@@ -36,6 +36,7 @@ from peft_kadapt.training import (
     build_model,
     claim_output_dir,
     few_shot,
+    get_method,
     image_normalization,
     image_transform,
     load_accuracy,
@@ -159,12 +160,47 @@ def main(argv: list[str] | None = None) -> dict:
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    # One run per output directory: an earlier run's files are refused unless --overwrite_output_dir, and a second
-    # run started into the same directory fails at once.
+    # One run per output directory: an earlier run's files are refused unless --overwrite_output_dir, files this
+    # program did not write are never replaced, a resumed run must be the folder's own, and a second run started into
+    # the same directory fails at once.
+    check_folders(model_args, training_args)
     resuming = training_args.resume_from_checkpoint is not None
-    claim = claim_output_dir(training_args.output_dir, training_args.overwrite_output_dir, resuming)
+    run = {"command": "kadapt train", "method": model_args.method}
+    claim = claim_output_dir(training_args.output_dir, training_args.overwrite_output_dir, resuming, run)
     with claim if training_args.process_index == 0 else contextlib.nullcontext():
         return train_and_test(model_args, data_args, training_args)
+
+
+def check_folders(model_args, training_args) -> None:
+    """Refuse, by flag, an --output_dir that is the model's own folder, and a checkpoint to resume from that is
+    missing, lies in another run's folder or was written by another kind of method."""
+    output_dir = Path(training_args.output_dir).resolve()
+    if Path(model_args.model_name_or_path).resolve() == output_dir:
+        raise ValueError(
+            f"--output_dir {training_args.output_dir} is the folder of --model_name_or_path: the run would write over "
+            "the model it starts from. Choose another --output_dir."
+        )
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None:
+        return
+    if not Path(checkpoint).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: no such folder.")
+    if Path(checkpoint).resolve().parent != output_dir:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} is a checkpoint of another run's folder, not of --output_dir "
+            f"{training_args.output_dir}: resume with that run's --output_dir."
+        )
+    saved = (
+        json.loads(config.read_text()).get("peft_type")
+        if (config := Path(checkpoint) / "adapter_config.json").is_file()
+        else None
+    )
+    expected = get_method(model_args.method).peft_type
+    if saved != expected:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} was written by a {saved or 'model without adapter'} run, not by "
+            f"--method {model_args.method}: resume with the method that wrote it."
+        )
 
 
 def train_and_test(model_args, data_args, training_args) -> dict:
@@ -233,6 +269,8 @@ def train_and_test(model_args, data_args, training_args) -> dict:
         metrics["best_checkpoint"] = best
         metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
         if trainer.is_world_process_zero():
+            if is_peft:  # the head's classes travel with the adapter: its config (id2label, label2id) beside it
+                model.get_base_model().config.save_pretrained(staging)
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
             plot_training_curve(trainer.state.log_history, staging / "training_curve.png", title=model_args.method)
             if is_peft:
@@ -257,6 +295,7 @@ def collect_metrics(model_args, data_args, training_args, model, is_peft, splits
         "train_images": len(splits["train"]),
         "validation_images": len(splits["validation"]),
         "test_images": len(splits["test"]),
+        "labels": splits["train"].features["label"].names,  # the classes, in the order of the head's outputs
         "validation_accuracy": validation["validation_accuracy"],
         "test_accuracy": test["test_accuracy"],
         "trainable_parameters": trainable,

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import DINOV2_SMALL_ALIAS, pos_encoding_kwargs
 from ..flags import comma_floats, comma_ints, require_counts, require_learning_rates
-from ..methods import build_model, parse_variant
+from ..methods import build_model, get_method, parse_variant
 from ..outputs import claim_output_dir, write_atomically
 from .profiling import speed_table
 from .protocol import (
@@ -150,16 +151,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 def grids(args) -> dict[str, list[Candidate]]:
     """Variant -> grid points, from the method table, --adapter_lrs, --alphas and --grid."""
     variants = [v.strip() for v in args.methods.split(",") if v.strip()]
-    for v in variants:
-        parse_variant(v)  # errors before any training
+    methods = {v: get_method(parse_variant(v).method) for v in variants}  # errors before any training
     alphas = tuple(comma_floats(args.alphas, "--alphas", "adapter scales, e.g. 1,4,16")) if args.alphas else None
+    if alphas and args.quick:
+        raise ValueError("--quick trains one learning rate and alpha per variant: drop --alphas, or drop --quick.")
+    with_alpha = [v for v in variants if alphas and re.search(r"(^|\s)alpha=", v)]
+    if with_alpha:
+        raise ValueError(
+            f"--alphas would replace the alpha= written in {with_alpha}: drop one of them (write alpha= in every "
+            "variant, or search --alphas for all)."
+        )
     out = {v: default_grid(v, alphas) for v in variants}
     if args.quick:
-        out = {v: [Candidate(1e-2 if v == "linear" else 1e-3)] for v in variants}
+        out = {v: [Candidate(methods[v].quick_learning_rate)] for v in variants}
     if args.adapter_lrs:
         lrs = comma_floats(args.adapter_lrs, "--adapter_lrs", "learning rates, e.g. 1e-3,3e-3")
         for v, grid in out.items():
-            if parse_variant(v).method in ("kadaptation", "lora", "lokr"):
+            if methods[v].alpha_field is not None:  # adapter methods
                 out[v] = [Candidate(lr, a) for a in dict.fromkeys(c.alpha for c in grid) for lr in lrs]
     for item in args.grid:
         name, _, values = item.rpartition("=")

@@ -34,7 +34,7 @@ import torch
 from ..backbones import image_normalization, pos_encoding_kwargs
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
 from ..engine import Recipe, evaluate, fit
-from ..methods import HEAD, METHODS, build_model, parse_variant
+from ..methods import HEAD, METHODS, build_model, get_method, parse_variant
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def saved_bytes(model, is_peft: bool) -> int:
 def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, x, y, device: str):
     spec = parse_variant(variant, model_name_or_path=settings.model_name_or_path)
     if candidate.alpha is not None:
-        spec = replace(spec, **{"kadapt_alpha" if spec.method == "kadaptation" else "lora_alpha": candidate.alpha})
+        spec = replace(spec, **{get_method(spec.method).alpha_field: candidate.alpha})
     torch.manual_seed(settings.train_seed)
     model, is_peft = build_model(spec, labels)
     model.to(device)
