@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import KAdaptationConfig, default_target_modules, sharing_group
-from .layer import features
+from .layer import check_n_divides, features
 
 
 @dataclass
@@ -74,6 +74,7 @@ def parameter_report(model: nn.Module, config: KAdaptationConfig, lora_rank: int
     for name, module in _targets(model, config):
         target = name.rsplit(".", 1)[-1]
         d, k = features(module)
+        check_n_divides(n, d, k, name)  # a config that cannot be built has no price
         entry = per_target.setdefault(target, {"layers": 0, "fast": 0})
         entry["layers"] += 1
         entry["fast"] += r * (k + d)

@@ -66,6 +66,15 @@ def read_adapter_config(adapter_dir: str | os.PathLike, weights: bool = False) -
             f"{adapter_dir} has no adapter_config.json: pass the directory that `save_pretrained` wrote."
         )
     config = _read_json(path)
+    if (
+        weights
+        and (adapter_dir / "adapter_model.bin").is_file()
+        and not (adapter_dir / "adapter_model.safetensors").is_file()
+    ):
+        raise ValueError(
+            f"{adapter_dir} holds adapter_model.bin (PyTorch's pickle format), not adapter_model.safetensors: load it "
+            "and save it again with `model.save_pretrained(dir)` (safetensors is the default), then share that."
+        )
     if weights and not (adapter_dir / "adapter_model.safetensors").is_file():
         raise FileNotFoundError(
             f"{adapter_dir} has adapter_config.json but no adapter_model.safetensors: the adapter was not saved "

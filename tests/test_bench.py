@@ -394,3 +394,38 @@ def test_head_lr_is_recorded_and_checked(tiny_backbone, tmp_path):
     assert record.settings["head_learning_rate"] == 1e-2
     with pytest.raises(ValueError, match=r"--head_lr 0.0: expected a learning rate above 0, e.g. 1e-2"):
         kadapt(bench_args(tiny_backbone, out, "--head_lr", "0"))
+
+
+@pytest.mark.slow
+def test_changed_data_or_model_runs_again(tiny_backbone, tmp_path):
+    """Records are keyed by what a local folder holds, not only its name: a class added to the image folder, or a
+    model folder rewritten, runs the split again instead of repeating the old numbers."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data, model = tmp_path / "data", tmp_path / "model"
+    shutil.copytree(tiny_backbone, model)
+    rng = np.random.default_rng(0)
+
+    def add_class(name):
+        (data / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / name / f"{i}.png")
+
+    for name in ("a", "b"):
+        add_class(name)
+    args = bench_args(str(model), tmp_path / "out", "--methods", "linear", "--speed_rounds", "0", "--shots", "3",
+                      "--test_per_class", "2", "--val_per_class", "2", "--workers", "1", "--seeds", "0")  # fmt: skip
+    args[args.index("--datasets") + 1] = str(data)
+    kadapt(args)
+    kadapt(args)  # unchanged: resumes, nothing new
+    assert len(read_records(tmp_path / "out" / "records.jsonl")) == 1
+    add_class("c")
+    kadapt(args)
+    records = read_records(tmp_path / "out" / "records.jsonl")
+    assert len(records) == 2 and records[-1].test_images == 3 * 2  # three classes now
+    (model / "config.json").write_text((model / "config.json").read_text() + "\n")
+    kadapt(args)
+    assert len(read_records(tmp_path / "out" / "records.jsonl")) == 3

@@ -168,6 +168,44 @@ def json_arguments_with_a_typo(tmp):
     return parse_args([str(tmp / "args.json")])
 
 
+def train_arguments_file(name: str, text: str):
+    def mistake(tmp):
+        from peft_kadapt.training.run_image_classification import parse_args
+
+        (tmp / name).write_text(text)
+        return parse_args([str(tmp / name)])
+
+    mistake.__name__ = f"train_arguments_file({name})"
+    return mistake
+
+
+def resolution_not_a_multiple_of_the_patch(tmp):
+    from transformers import ViTConfig
+
+    from peft_kadapt.training import check_resolution
+
+    check_resolution(ViTConfig(patch_size=14), 100)
+
+
+def params_with_n_that_cannot_be_built(tmp, backbone):
+    return kadapt(["params", "--model_name_or_path", backbone, "--kadapt_n", "5"])
+
+
+def push_of_a_bin_adapter(tmp):
+    path = saved_adapter(tmp)
+    (path / "adapter_model.safetensors").rename(path / "adapter_model.bin")
+    return push_adapter(path, "someone/x", base_model="facebook/dinov2-small")
+
+
+def convert_dinov2_flags(*argv):
+    def mistake(tmp):
+        (tmp / "a_file").write_text("")
+        return kadapt(["convert-dinov2", *[a.replace("TMP", str(tmp)) for a in argv]])
+
+    mistake.__name__ = f"convert_dinov2({' '.join(argv)})"
+    return mistake
+
+
 def train_flags(*argv):
     def mistake(tmp):
         from peft_kadapt.training.run_image_classification import parse_args
@@ -253,6 +291,11 @@ ROWS = [
     (train_folders("run", resume="run/checkpoint-4", method="linear"), ValueError, ["KADAPTATION run", "linear"]),
     # flags and argument files
     (json_arguments_with_a_typo, ValueError, ["learning_rte"]),
+    (train_flags("--metric_for_best_model", "f1"), ValueError, ["--metric_for_best_model f1", "accuracy", "loss"]),
+    (resolution_not_a_multiple_of_the_patch, ValueError, ["--resolution 100", "patch size 14", "Use 98 or 112"]),
+    (push_of_a_bin_adapter, ValueError, ["adapter_model.bin", "save_pretrained"]),
+    (convert_dinov2_flags("--image_size", "0"), ValueError, ["--image_size 0", "multiple of the patch size 14"]),
+    (convert_dinov2_flags("--output_dir", "TMP/a_file"), ValueError, ["a_file is a file", "pass a folder"]),
     (train_flags("--shots", "-5"), ValueError, ["--shots must be 0 or more", "0 = every training image", "-5"]),
     (train_flags("--val_shots", "0"), ValueError, ["--val_shots must be 1 or more", "leave it out"]),
     (train_flags("--resolution", "-1"), ValueError, ["--resolution must be 1 or more"]),
@@ -273,6 +316,7 @@ ROWS = [
 ROWS_WITH_BACKBONE = [
     (kadapt_config_is_lora, ValueError, ["--kadapt_config", "LORA config, not KAdaptation"]),
     (bench_unknown_variant_key, ValueError, ["'rank=4'", "KEY one of", "'n'"]),
+    (params_with_n_that_cannot_be_built, ValueError, ["n=5", "Values of n that would work"]),
     (intrinsic_bad_regex, ValueError, ["--group 'q=('", "not a valid regular expression"]),
     (intrinsic_flags("--shots", "-5"), ValueError, ["--shots -5: expected 1 or more"]),
     (intrinsic_flags("--val_per_class", "0"), ValueError, ["--val_per_class 0: expected 1 or more"]),
@@ -424,3 +468,30 @@ def test_a_damaged_cached_backbone_is_converted_again(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="incomplete, damaged or from an older version"):
         assert backbones.resolve_model(backbones.DINOV2_SMALL_ALIAS) == str(path)
     assert (path / "model.safetensors").read_bytes() == good
+
+
+def test_arguments_files_are_read_as_typed_flags(tmp_path, capsys):
+    """YAML reads 1e-3 as a string and JSON may hold a list: both mean what the flags mean; a wrong type names the key."""
+    from peft_kadapt.training.run_image_classification import parse_args
+
+    (tmp_path / "a.yaml").write_text("learning_rate: 1e-3\ntarget_modules: [q_proj, v_proj]\nnum_train_epochs: 2\n")
+    model_args, _, training_args = parse_args([str(tmp_path / "a.yaml")])
+    assert training_args.learning_rate == 1e-3 and model_args.target_modules == "q_proj,v_proj"
+    (tmp_path / "b.json").write_text(json.dumps({"num_train_epochs": "many"}))
+    with pytest.raises(SystemExit):
+        parse_args([str(tmp_path / "b.json")])
+    assert "argument --num_train_epochs/--num-train-epochs: invalid float value: 'many'" in capsys.readouterr().err
+
+
+def test_the_console_script_tells_a_bug_from_a_user_error(monkeypatch, capsys):
+    from peft_kadapt.training import cli
+
+    monkeypatch.setattr(sys, "argv", ["kadapt", "params"])
+    monkeypatch.setattr(cli, "main", lambda: (_ for _ in ()).throw(ValueError("--x 1: expected 2.")))
+    assert cli.entry() == 1
+    err = capsys.readouterr().err
+    assert err == "kadapt params: error: --x 1: expected 2.\n"
+    monkeypatch.setattr(cli, "main", lambda: (_ for _ in ()).throw(ZeroDivisionError("boom")))
+    assert cli.entry() == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: boom" in err and "this is a bug in peft_kadapt" in err

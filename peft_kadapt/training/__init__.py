@@ -14,7 +14,14 @@ if _missing:
         "`pip install 'peft-kadapt[train]'`. The tuner itself (`import peft_kadapt`) does not need them."
     )
 
-from .backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwargs, resolve_model
+from .backbones import (
+    DINOV2_SMALL_ALIAS,
+    check_resolution,
+    image_normalization,
+    load_classifier,
+    pos_encoding_kwargs,
+    resolve_model,
+)
 from .data import OFFLINE_DATASETS, few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, Scores, evaluate, fit
 from .methods import HEAD, METHODS, Method, ModelArguments, build_model, get_method, parse_variant
@@ -33,6 +40,8 @@ __all__ = [
     "Recipe",
     "Scores",
     "build_model",
+    "check_resolution",
+    "load_classifier",
     "claim_output_dir",
     "load_accuracy",
     "load_checkpoint_weights",

@@ -225,3 +225,44 @@ def pos_encoding_kwargs(model, resolution: int) -> dict:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     takes_it = "interpolate_pos_encoding" in inspect.signature(type(base).forward).parameters
     return {"interpolate_pos_encoding": True} if takes_it and resolution != base.config.image_size else {}
+
+
+def load_classifier(name_or_path: str, labels: list[str] | None = None):
+    """The one loader of the tools: `AutoModelForImageClassification` from an alias, a local folder (its path made
+    absolute, as adapters record it) or a Hub id, with a new head for `labels` (or the checkpoint's own head). A path
+    that is neither, and a Hub that cannot be reached, are errors that say so."""
+    from transformers import AutoModelForImageClassification
+
+    from ..hub import HubUnreachableError, is_hub_id
+
+    path = resolve_model(name_or_path)
+    if os.path.isdir(path):
+        path = os.path.abspath(path)
+    head = {}
+    if labels is not None:
+        id2label = dict(enumerate(labels))
+        head = dict(num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    try:
+        return AutoModelForImageClassification.from_pretrained(path, ignore_mismatched_sizes=True, **head)
+    except OSError as error:
+        if os.path.exists(path):
+            raise
+        if not is_hub_id(path):
+            raise FileNotFoundError(
+                f"--model_name_or_path {path!r} is neither a local folder nor a Hub id of the form 'owner/name'."
+            ) from None
+        raise HubUnreachableError(f"loading the model {path!r}", error) from None
+
+
+def check_resolution(config, resolution: int) -> None:
+    """--resolution must be a multiple of the patch size of the model `config` describes: the patch embedding would
+    drop the border pixels that do not fill a patch (and a resolution below one patch leaves no patch at all)."""
+    patch = getattr(config, "patch_size", None)
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    if isinstance(patch, int) and (resolution < patch or resolution % patch):
+        below, above = max(patch, resolution // patch * patch), (resolution // patch + 1) * patch
+        raise ValueError(
+            f"--resolution {resolution} is not a multiple of the model's patch size {patch}: the border pixels that "
+            f"do not fill a patch would be dropped{' (no patch at all)' if resolution < patch else ''}. Use "
+            f"{below if below != above else ''}{' or ' if below != above else ''}{above}."
+        )

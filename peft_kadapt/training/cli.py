@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .flags import accept_old_spelling
@@ -51,11 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def params(argv: list[str]) -> None:
-    from transformers import AutoModelForImageClassification
-
     from ..budget import parameter_report, proposals_markdown, propose_configs
     from ..config import KAdaptationConfig
-    from .backbones import DINOV2_SMALL_ALIAS, resolve_model
+    from .backbones import DINOV2_SMALL_ALIAS, load_classifier
 
     p = argparse.ArgumentParser(prog="kadapt params", description=COMMANDS["params"])
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
@@ -69,7 +68,7 @@ def params(argv: list[str]) -> None:
     p.add_argument("--lora_r", type=int, default=8, help="LoRA rank to compare with")
     p.add_argument("--parameter_budget", type=int, default=None, help="also propose settings within this budget")
     args = p.parse_args(argv)
-    model = AutoModelForImageClassification.from_pretrained(resolve_model(args.model_name_or_path))
+    model = load_classifier(args.model_name_or_path)
     targets = [t.strip() for t in args.target_modules.split(",")] if args.target_modules else None
     config = KAdaptationConfig(
         n=args.kadapt_n,
@@ -112,6 +111,12 @@ def convert_dinov2(argv: list[str]) -> None:
     accept_old_spelling(p, "--output-dir", "--output_dir")
     accept_old_spelling(p, "--image-size", "--image_size")
     args = p.parse_args(argv)
+    if args.image_size < 14 or args.image_size % 14:
+        raise ValueError(
+            f"--image_size {args.image_size}: expected a positive multiple of the patch size 14, e.g. 112."
+        )
+    if args.output_dir is not None and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"--output_dir {args.output_dir} is a file: pass a folder (it is created if missing).")
     if args.output_dir is None and args.image_size == 224:
         print(resolve_model(DINOV2_SMALL_ALIAS))
         return
@@ -120,15 +125,34 @@ def convert_dinov2(argv: list[str]) -> None:
 
 
 def entry() -> int:
-    """The `kadapt` console script: `main`, with the errors a user can fix printed as one message, not a traceback."""
+    """The `kadapt` console script: `main`, with the errors a user can fix (a value, a file, the network, a missing
+    package) printed as one line that names what to change, and anything else as a traceback with a request to report
+    it, because that is a bug."""
+    import httpx
+
     from ..hub import HubUnreachableError
 
+    command = f"kadapt {sys.argv[1]}" if len(sys.argv) > 1 else "kadapt"
     try:
         return main()
-    except (ValueError, FileNotFoundError, HubUnreachableError, ImportError) as error:
-        command = sys.argv[1] if len(sys.argv) > 1 else ""
-        print(f"kadapt {command}: error: {error}", file=sys.stderr)
-        return 1
+    except (httpx.HTTPError, ConnectionError) as error:  # network failures not already explained (e.g. push_to_hub)
+        error = error if isinstance(error, HubUnreachableError) else HubUnreachableError("talking to the Hub", error)
+        print(f"{command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as error:
+        print(f"{command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(
+            f"{command}: this is a bug in peft_kadapt, not something you did: please report it to its maintainers "
+            "with the traceback above and the command you ran.",
+            file=sys.stderr,
+        )
+    return 1
 
 
 if __name__ == "__main__":

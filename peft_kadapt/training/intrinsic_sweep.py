@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..budget import parameter_report, propose_configs
 from ..config import KAdaptationConfig
 from ..intrinsic import DEFAULT_GROUPS, RunResult, Subspace, d90, group_parameters
-from .backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwargs, resolve_model
+from .backbones import DINOV2_SMALL_ALIAS, check_resolution, image_normalization, load_classifier, pos_encoding_kwargs
 from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, evaluate, fit
 from .flags import comma_floats, comma_ints, require_counts, require_learning_rates
@@ -188,8 +188,6 @@ def _modules(model, targets: list[str]) -> list[str]:
 
 
 def run_sweep(args: argparse.Namespace) -> dict:
-    from transformers import AutoModelForImageClassification
-
     start = time.perf_counter()
     groups = parse_groups(args.group)
     dims = sorted(set(comma_ints(args.dims, "--dims", "subspace sizes d; 0 trains the head alone, e.g. 0,10,100")))
@@ -203,9 +201,8 @@ def run_sweep(args: argparse.Namespace) -> dict:
     source = load_image_dataset(args.dataset_name)
     labels = source["train"].features["label"].names
     torch.manual_seed(seeds[0])
-    model = AutoModelForImageClassification.from_pretrained(
-        resolve_model(args.model_name_or_path), num_labels=len(labels), ignore_mismatched_sizes=True
-    )
+    model = load_classifier(args.model_name_or_path, labels)
+    check_resolution(model.config, args.resolution)
     transform = image_transform(*image_normalization(args.model_name_or_path), args.resolution)
     extra = pos_encoding_kwargs(model, args.resolution)
     head = [n for n, _ in model.named_parameters() if n.startswith(HEAD + ".")]

@@ -10,7 +10,6 @@ A *variant* is a method with settings, written as the method name followed by `k
 
 from __future__ import annotations
 
-import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,8 +18,8 @@ from peft import LoKrConfig, LoraConfig, PeftConfig, get_peft_model
 from torch import nn
 
 from ..config import KAdaptationConfig, default_target_modules
-from ..hub import HubUnreachableError, is_hub_id, read_adapter_config
-from .backbones import DINOV2_SMALL_ALIAS, resolve_model
+from ..hub import read_adapter_config
+from .backbones import DINOV2_SMALL_ALIAS, load_classifier
 
 
 HEAD = "classifier"
@@ -188,29 +187,8 @@ def target_modules(args: ModelArguments, model: nn.Module) -> list[str]:
 
 def build_model(args: ModelArguments, labels: list[str]) -> tuple[nn.Module, bool]:
     """The backbone with a new `classifier` head for `labels` and the method applied; returns (model, is_peft)."""
-    from transformers import AutoModelForImageClassification
-
     method = get_method(args.method)
-    id2label = dict(enumerate(labels))
-    path = resolve_model(args.model_name_or_path)
-    if os.path.isdir(path):  # stored in adapter_config.json: absolute, so the adapter loads from any folder
-        path = os.path.abspath(path)
-    try:
-        model = AutoModelForImageClassification.from_pretrained(
-            path,
-            num_labels=len(labels),
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-            ignore_mismatched_sizes=True,
-        )
-    except OSError as error:
-        if os.path.exists(path):
-            raise
-        if not is_hub_id(path):
-            raise FileNotFoundError(
-                f"--model_name_or_path {path!r} is neither a local folder nor a Hub id of the form 'owner/name'."
-            ) from None
-        raise HubUnreachableError(f"loading the model {path!r}", error) from None
+    model = load_classifier(args.model_name_or_path, labels)
     if not hasattr(model, HEAD):
         raise ValueError(f"{type(model).__name__} has no `{HEAD}` head; only classifiers with one are supported.")
     if method.peft_config is None:

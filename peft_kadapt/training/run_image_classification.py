@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from peft_kadapt.training import (
     METHODS,
     ModelArguments,
     build_model,
+    check_resolution,
     claim_output_dir,
     few_shot,
     get_method,
@@ -130,6 +130,14 @@ class ImageClassificationTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"--learning_rate must be above 0, got {self.learning_rate}; leave it out for the method's default."
             )
+        if self.metric_for_best_model is not None and self.metric_for_best_model.removeprefix("eval_") not in (
+            "accuracy",
+            "loss",
+        ):
+            raise ValueError(
+                f"--metric_for_best_model {self.metric_for_best_model}: this program measures accuracy and loss; pass "
+                "accuracy (the default) or loss."
+            )
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError(f"--num_train_epochs must be above 0 (or pass --max_steps), got {self.num_train_epochs}.")
         _require_one_or_more(self, ("per_device_train_batch_size", "per_device_eval_batch_size"))
@@ -139,17 +147,41 @@ class ImageClassificationTrainingArguments(TrainingArguments):
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, ImageClassificationTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        model_args, data_args, training_args = parser.parse_yaml_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = file_to_argv(parser, argv[0])
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if model_args.method not in METHODS:
         parser.error(f"--method must be one of {', '.join(METHODS)}, got {model_args.method!r}")
     if training_args.learning_rate is None:
         training_args.learning_rate = METHODS[model_args.method].learning_rate
     return model_args, data_args, training_args
+
+
+def file_to_argv(parser, path: str) -> list[str]:
+    """The keys of a JSON or YAML arguments file as the flags they name, so that the file's values are converted and
+    checked exactly as typed flags are (YAML reads `1e-3` as a string; a JSON list stands for a comma-separated flag)."""
+    import yaml
+
+    text = Path(path).read_text()
+    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values, got {type(data).__name__}.")
+    actions = {a.dest: a for a in parser._actions}
+    unknown = sorted(set(data) - set(actions))
+    if unknown:
+        raise ValueError(f"Some keys are not used by the HfArgumentParser: {unknown} (in {path}).")
+    argv = []
+    for key, value in data.items():
+        if value is None:  # null: the flag's default
+            continue
+        many = actions[key].nargs in ("+", "*")
+        if isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)] if many else [f"--{key}", ",".join(map(str, value))]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -224,6 +256,7 @@ def train_and_test(model_args, data_args, training_args) -> dict:
 
     # Model: the backbone with a new head, adapted as the method table says.
     model, is_peft = build_model(model_args, labels)
+    check_resolution(model.config, data_args.resolution)
     transform = image_transform(*image_normalization(model_args.model_name_or_path), data_args.resolution)
     for split in splits.values():
         split.set_transform(transform)

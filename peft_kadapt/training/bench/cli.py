@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
-from ..backbones import DINOV2_SMALL_ALIAS, pos_encoding_kwargs
+from ..backbones import DINOV2_SMALL_ALIAS, check_resolution, pos_encoding_kwargs, resolve_model
 from ..flags import comma_floats, comma_ints, require_counts, require_learning_rates
 from ..methods import build_model, get_method, parse_variant
 from ..outputs import claim_output_dir, write_atomically
@@ -34,6 +35,7 @@ from .protocol import (
     cached_dataset,
     check_split,
     default_grid,
+    folder_fingerprint,
     job_key,
     normalised,
     pending,
@@ -243,6 +245,7 @@ def run_bench(args) -> dict:
         extend_edges=args.extend_edges,
         bf16=args.bf16,
         head_learning_rate=args.head_lr,
+        model_fingerprint=folder_fingerprint(args.model_name_or_path),
     )
     require_learning_rates(args, ("head_lr",))
     if args.extend_edges < 0:
@@ -252,11 +255,16 @@ def run_bench(args) -> dict:
     require_counts(args, ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size", "workers"))
     require_counts(args, ("warmup_steps", "speed_rounds"), minimum=0)
     variant_grids = grids(args)
-    settings_of = {d: replace(settings, resolution=resolution[d]) for d in datasets}
+    settings_of = {
+        d: replace(settings, resolution=resolution[d], data_fingerprint=folder_fingerprint(d)) for d in datasets
+    }
     shots = comma_ints(args.shots, "--shots", "k images per class; 0 = full shot, e.g. 5,20,0")
     seeds = comma_ints(args.seeds, "--seeds", "sampling seeds, e.g. 0,1,2")
     jobs = [(d, k, s) for s in seeds for d in datasets for k in shots]  # seed-major: a cut-short study covers all data
     warn_on_downscaling(resolution)
+    model_config = AutoConfig.from_pretrained(resolve_model(args.model_name_or_path))
+    for size in set(resolution.values()):
+        check_resolution(model_config, size)
     for d in datasets:  # an impossible split fails now, not hours into a study
         for k in shots:
             check_split(d, k, settings_of[d])

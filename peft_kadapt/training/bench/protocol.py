@@ -56,6 +56,29 @@ class BenchSettings:
     # the head's own learning rate for methods that train more than the head; None: the grid point's, as every other
     # trained parameter (added later: records without it had None)
     head_learning_rate: float | None = None
+    # what a local image folder and a local model folder held (file names, sizes, modification times), so that
+    # changed inputs run again; None for the offline datasets, the offline backbone and Hub ids, which their names pin
+    # (added later: records without them had None)
+    data_fingerprint: str | None = None
+    model_fingerprint: str | None = None
+
+
+def folder_fingerprint(path: str) -> str | None:
+    """A short hash of every file under a local folder (relative path, size, modification time); None otherwise."""
+    import hashlib
+    import os
+
+    if not os.path.isdir(path):
+        return None
+    digest = hashlib.sha256()
+    for here, dirs, names in sorted(os.walk(path, followlinks=True)):
+        dirs.sort()
+        for name in sorted(names):
+            stat = os.stat(os.path.join(here, name))
+            digest.update(
+                f"{os.path.relpath(os.path.join(here, name), path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -120,14 +143,15 @@ def validation_rank(candidate: Candidate) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=4)
-def cached_dataset(name: str):
+def cached_dataset(name: str, fingerprint: str | None = None):
+    """`load_image_dataset(name)`, read once per process for as long as a local folder's content is the same."""
     return load_image_dataset(name)
 
 
 def draw_split(dataset: str, k: int, seed: int, settings: BenchSettings):
     """The protocol's split of `dataset` (k = 0: the full-shot subset) as a `DatasetDict` of train, validation, test."""
     return few_shot(
-        cached_dataset(dataset),
+        cached_dataset(dataset, settings.data_fingerprint),
         k or settings.full_shot_subset,
         seed=seed,
         test_per_class=settings.test_per_class,
