@@ -19,13 +19,13 @@ benchmarks/results/), so the study stops and resumes anywhere; `--list` prints t
 from __future__ import annotations
 
 import argparse
-import logging
 
 import transformers
 
 from peft_kadapt.budget import propose_configs
 from peft_kadapt.training import DINOV2_SMALL_ALIAS, HEAD, build_model, parse_variant
 from peft_kadapt.training.bench import cli as bench
+from peft_kadapt.training.logs import setup_logging
 
 
 QV = ("q_proj", "v_proj")
@@ -118,8 +118,7 @@ def main(argv=None) -> None:
         for variant, count in sorted(variants.items(), key=lambda kv: kv[1]):
             print(f"| {variant} | {count:,d} |" + (f" {base[variant]:,d} |" if base else ""))
         return
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    bench.quiet()
+    setup_logging()
     bench.main(
         [
             "--model_name_or_path",

@@ -208,12 +208,7 @@ class KAdaptationConfig(PeftConfig):
 
     def __post_init__(self):
         ensure_peft_type()
-        for name in ("target_modules", "exclude_modules"):  # PEFT turns a list into a set: check the type first
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, (str, list, set, tuple)):
-                raise ValueError(
-                    f"`{name}` should be a list of module names or a regex string but the value passed is {value!r}."
-                )
+        self._check_module_names()  # PEFT turns a list into a set: check the type first
         # a config that arrives with its peft_type was read from a file; one without `parametrization` was saved by
         # peft_kadapt 0.1, whose adapters trained under what is now "legacy"
         from_file = self.peft_type is not None
@@ -221,32 +216,36 @@ class KAdaptationConfig(PeftConfig):
         self.peft_type = PeftType.KADAPTATION
         if self.parametrization is None:
             self.parametrization = "legacy" if from_file else "lora_matched"
-        if self.parametrization not in PARAMETRIZATIONS:
-            raise ValueError(
-                f"`parametrization` should be one of {PARAMETRIZATIONS} but the value passed is "
-                f"{self.parametrization!r}."
-            )
+        _require_choice("parametrization", self.parametrization, PARAMETRIZATIONS)
         if self.alpha is None:
             self.alpha = DEFAULT_ALPHA[self.parametrization]
-        self.target_modules = (
-            set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
-        )
-        self.exclude_modules = (
-            set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
-        )
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            setattr(self, name, set(value) if isinstance(value, list) else value)
+        self._check_sizes()
+        self._check_numbers()
+        self._check_module_names()
+        self._check_layers()
+        for name, allowed in (
+            ("bias", BIAS_OPTIONS),
+            ("share_slow_weights", SHARE_SLOW_WEIGHTS),
+            ("forward_mode", FORWARD_MODES),
+        ):
+            _require_choice(name, getattr(self, name), allowed)
+
+    def _check_sizes(self) -> None:
         for name in ("n", "r"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` should be a positive integer value but the value passed is {value!r}.")
-        if self.slow_rank is not None and (
-            isinstance(self.slow_rank, bool)
-            or not isinstance(self.slow_rank, int)
-            or not 1 <= self.slow_rank <= self.n
-        ):
+        rho = self.slow_rank
+        if rho is not None and (isinstance(rho, bool) or not isinstance(rho, int) or not 1 <= rho <= self.n):
             raise ValueError(
                 f"`slow_rank` should be None (full n×n slow matrices) or an integer between 1 and n={self.n}, but the "
-                f"value passed is {self.slow_rank!r}."
+                f"value passed is {rho!r}."
             )
+
+    def _check_numbers(self) -> None:
         if not _is_number(self.alpha) or not math.isfinite(self.alpha) or self.alpha == 0:
             raise ValueError(
                 f"`alpha` should be a finite, non-zero number (the update's scale) but the value passed is "
@@ -260,38 +259,37 @@ class KAdaptationConfig(PeftConfig):
             raise ValueError(f"`kadapt_dropout` should be in [0, 1) but the value passed is {self.kadapt_dropout!r}.")
         if not isinstance(self.init_weights, bool):
             raise ValueError(f"`init_weights` should be True or False but the value passed is {self.init_weights!r}.")
+
+    def _check_module_names(self) -> None:
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, str) and not all(isinstance(v, str) for v in value):
+            if value is None or isinstance(value, str):
+                continue
+            if not isinstance(value, (list, set, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ValueError(
                     f"`{name}` should be a list of module names or a regex string but the value passed is {value!r}."
                 )
+
+    def _check_layers(self) -> None:
         if self.layers_to_transform is not None:
-            indices = (
-                [self.layers_to_transform] if isinstance(self.layers_to_transform, int) else self.layers_to_transform
-            )
+            layers = self.layers_to_transform
+            indices = [layers] if isinstance(layers, int) else layers
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
                 raise ValueError(
                     "`layers_to_transform` should be a non-negative block index or a list of them but the value passed "
-                    f"is {self.layers_to_transform!r}."
+                    f"is {layers!r}."
                 )
-        if self.bias not in BIAS_OPTIONS:
-            raise ValueError(f"`bias` should be one of {BIAS_OPTIONS} but the value passed is {self.bias!r}.")
-        if self.share_slow_weights not in SHARE_SLOW_WEIGHTS:
-            raise ValueError(
-                f"`share_slow_weights` should be one of {SHARE_SLOW_WEIGHTS} but the value passed is "
-                f"{self.share_slow_weights!r}."
-            )
-        if self.forward_mode not in FORWARD_MODES:
-            raise ValueError(
-                f"`forward_mode` should be one of {FORWARD_MODES} but the value passed is {self.forward_mode!r}."
-            )
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
         if isinstance(self.target_modules, str) and self.layers_pattern is not None:
             raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
         if self.layers_pattern and not self.layers_to_transform:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+
+
+def _require_choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` should be one of {allowed} but the value passed is {value!r}.")
 
 
 def _is_number(value) -> bool:

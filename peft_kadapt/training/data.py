@@ -117,11 +117,41 @@ IMAGEFOLDER_LAYOUT = (
 
 def _imagefolder(path: str | os.PathLike) -> DatasetDict:
     """Read an image folder faithfully: the layout of `IMAGEFOLDER_LAYOUT`, or a `ValueError` naming what differs."""
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
     root = Path(path)
     files, folders = _walk(root)
+    split_level = _check_layout(root, files, folders)
+    _check_images(files)
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for f in files:
+        parts = f.relative_to(root).parts
+        groups.setdefault(parts[0] if split_level else "train", []).append((str(f), parts[-2]))
+    unknown = sorted(set(groups) - set(SPLIT_NAMES))
+    if unknown:
+        raise ValueError(
+            f"The image folder {str(root)!r} has split folders {unknown}; split folders must be named "
+            f"{', '.join(SPLIT_NAMES)} (train is required). Expected {IMAGEFOLDER_LAYOUT}."
+        )
+    if "train" not in groups:
+        raise ValueError(f"The image folder {str(root)!r} has no train/ split. Expected {IMAGEFOLDER_LAYOUT}.")
+    names = sorted({cls for rows in groups.values() for _, cls in rows})
+    missing = sorted(set(names) - {cls for _, cls in groups["train"]})
+    if missing:
+        raise ValueError(
+            f"{str(root / 'train')!r} has no images of the classes {missing}, which other splits have: every class "
+            "needs training images."
+        )
+    return DatasetDict(
+        {
+            split: Dataset.from_dict(
+                {"image": [f for f, _ in rows], "label": [names.index(c) for _, c in rows]}, features=_features(names)
+            )
+            for split, rows in groups.items()
+        }
+    )
+
+
+def _check_layout(root: Path, files: list[Path], folders: list[Path]) -> bool:
+    """Refuse what the layout does not allow; return whether the folder has a split level."""
     if not files:
         raise ValueError(f"No files found under {str(root)!r}. Expected {IMAGEFOLDER_LAYOUT}.")
     depths = {len(f.relative_to(root).parts) for f in files}
@@ -137,51 +167,31 @@ def _imagefolder(path: str | os.PathLike) -> DatasetDict:
             f"The image folder {str(root)!r} holds files that are not images ({', '.join(str(f) for f in others[:3])}"
             f"{', ...' if len(others) > 3 else ''}): move them out, or convert them. Expected {IMAGEFOLDER_LAYOUT}."
         )
-    for f in files:
-        try:
-            with PILImage.open(f) as image:
-                image.verify()
-            with PILImage.open(f) as image:
-                if image.mode in (*SIXTEEN_BIT_MODES, "F"):  # a range that cannot be read is refused now, by file
-                    image_to_rgb(image, repr(str(f)))
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"Cannot read the image {str(f)!r} ({error}): repair or remove it.") from None
     split_level = depths == {3}
-    empty = [d for d in folders if len(d.relative_to(root).parts) == (2 if split_level else 1)]
-    empty = [d for d in empty if not any(f.parent == d for f in files)]
+    classes = [d for d in folders if len(d.relative_to(root).parts) == (2 if split_level else 1)]
+    empty = [d for d in classes if not any(f.parent == d for f in files)]
     if empty:
         raise ValueError(
             f"The class folders {[str(d.relative_to(root)) for d in empty]} under {str(root)!r} hold no images: add "
             "images, or remove the folders (a class without images cannot be learnt)."
         )
-    rel = [f.relative_to(root).parts for f in files]
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for f, parts in zip(files, rel):
-        groups.setdefault(parts[0] if split_level else "train", []).append((str(f), parts[-2]))
-    unknown = sorted(set(groups) - set(SPLIT_NAMES))
-    if unknown:
-        raise ValueError(
-            f"The image folder {str(root)!r} has split folders {unknown}; split folders must be named "
-            f"{', '.join(SPLIT_NAMES)} (train is required). Expected {IMAGEFOLDER_LAYOUT}."
-        )
-    if "train" not in groups:
-        raise ValueError(f"The image folder {str(root)!r} has no train/ split. Expected {IMAGEFOLDER_LAYOUT}.")
-    names = sorted({cls for rows in groups.values() for _, cls in rows})
-    for split, rows in groups.items():
-        missing = sorted(set(names) - {cls for _, cls in rows})
-        if missing and split == "train":
-            raise ValueError(
-                f"{str(root / split)!r} has no images of the classes {missing}, which other splits have: every class "
-                "needs training images."
-            )
-    return DatasetDict(
-        {
-            split: Dataset.from_dict(
-                {"image": [f for f, _ in rows], "label": [names.index(c) for _, c in rows]}, features=_features(names)
-            )
-            for split, rows in groups.items()
-        }
-    )
+    return split_level
+
+
+def _check_images(files: list[Path]) -> None:
+    """Every file opens as an image, and one whose value range cannot be read (see `image_to_rgb`) is named now."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    for f in files:
+        try:
+            with PILImage.open(f) as image:
+                image.verify()
+            with PILImage.open(f) as image:
+                if image.mode in (*SIXTEEN_BIT_MODES, "F"):
+                    image_to_rgb(image, repr(str(f)))
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"Cannot read the image {str(f)!r} ({error}): repair or remove it.") from None
 
 
 def _walk(root: Path) -> tuple[list[Path], list[Path]]:
@@ -315,51 +325,61 @@ def few_shot(
     pool = dsd["train"]
     names = pool.features["label"].names
     by_class = _indices_by_class(np.asarray(pool["label"]), names)
-    test_idx: list[int] = []
-    if "test" not in dsd:
-        n_test = 50 if test_per_class is None else test_per_class
-        for c, idx in enumerate(by_class):
-            _check_enough(idx, n_test + (shots or 1), names[c], f"{n_test} test images plus the shots")
-            chosen = rng.permutation(idx)
-            test_idx += chosen[:n_test].tolist()
-            by_class[c] = chosen[n_test:]
+    test_idx = [] if "test" in dsd else _hold_out_test(by_class, rng, test_per_class, shots, names)
+    if shots is not None and shots <= 0:
+        raise ValueError(f"`shots` must be a positive integer or None (full shot), got {shots}.")
+    if shots is None and val_pool:
+        raise ValueError("`val_pool` needs `shots`: in full-shot mode every training image is a shot.")
     train_idx, val_idx = [], []
     for c, idx in enumerate(by_class):
-        take = len(idx) if shots is None else shots
         if shots is not None:
-            if shots <= 0:
-                raise ValueError(f"`shots` must be a positive integer or None (full shot), got {shots}.")
             need = f"{shots} shots" + (f" plus {val_pool} validation images" if val_pool else "")
             _check_enough(idx, shots + (val_pool or 0), names[c], need)
-        elif val_pool:
-            raise ValueError("`val_pool` needs `shots`: in full-shot mode every training image is a shot.")
-        permuted = rng.permutation(idx)
-        if val_pool:
-            val_idx += permuted[take : take + val_pool].tolist()
-            train_idx += permuted[:take].tolist()
-            continue
-        chosen = permuted[:take]
-        if own_validation:
-            train_idx += chosen.tolist()
-            continue
-        n_val = val_shots if val_shots is not None else max(1, take // 5)
-        if n_val >= take:
-            raise ValueError(f"`val_shots`={n_val} leaves no training image out of {take} for class {names[c]!r}.")
-        val_idx += chosen[:n_val].tolist()
-        train_idx += chosen[n_val:].tolist()
+        train, val = _draw_class(rng.permutation(idx), shots, val_shots, val_pool, own_validation, names[c])
+        train_idx += train
+        val_idx += val
     validation = dsd["validation"] if own_validation else pool.select(sorted(val_idx))
     out = {"train": pool.select(sorted(train_idx)), "validation": validation}
-    if "test" in dsd:
-        test = dsd["test"]
-        if test_per_class is not None:
-            test_by_class = _indices_by_class(np.asarray(test["label"]), names)
-            for c, idx in enumerate(test_by_class):
-                _check_enough(idx, test_per_class, names[c], f"{test_per_class} test images")
-            test = test.select(sorted(i for idx in test_by_class for i in rng.permutation(idx)[:test_per_class]))
-        out["test"] = test
-    else:
-        out["test"] = pool.select(sorted(test_idx))
+    out["test"] = (
+        _test_split(dsd["test"], test_per_class, rng, names) if "test" in dsd else pool.select(sorted(test_idx))
+    )
     return DatasetDict(out)
+
+
+def _hold_out_test(by_class: list[np.ndarray], rng, test_per_class: int | None, shots: int | None, names) -> list:
+    """Take `test_per_class` (default 50) test images of each class out of the pool, before the shots are drawn."""
+    n_test = 50 if test_per_class is None else test_per_class
+    test_idx = []
+    for c, idx in enumerate(by_class):
+        _check_enough(idx, n_test + (shots or 1), names[c], f"{n_test} test images plus the shots")
+        chosen = rng.permutation(idx)
+        test_idx += chosen[:n_test].tolist()
+        by_class[c] = chosen[n_test:]
+    return test_idx
+
+
+def _draw_class(permuted, shots, val_shots, val_pool, own_validation: bool, name: str) -> tuple[list, list]:
+    """(train, validation) indices of one class from its permuted pool."""
+    take = len(permuted) if shots is None else shots
+    if val_pool:
+        return permuted[:take].tolist(), permuted[take : take + val_pool].tolist()
+    chosen = permuted[:take]
+    if own_validation:
+        return chosen.tolist(), []
+    n_val = val_shots if val_shots is not None else max(1, take // 5)
+    if n_val >= take:
+        raise ValueError(f"`val_shots`={n_val} leaves no training image out of {take} for class {name!r}.")
+    return chosen[n_val:].tolist(), chosen[:n_val].tolist()
+
+
+def _test_split(test: Dataset, test_per_class: int | None, rng, names) -> Dataset:
+    """The source's test split, or `test_per_class` images of each class drawn from it."""
+    if test_per_class is None:
+        return test
+    test_by_class = _indices_by_class(np.asarray(test["label"]), names)
+    for c, idx in enumerate(test_by_class):
+        _check_enough(idx, test_per_class, names[c], f"{test_per_class} test images")
+    return test.select(sorted(i for idx in test_by_class for i in rng.permutation(idx)[:test_per_class]))
 
 
 def _indices_by_class(labels: np.ndarray, names: list[str]) -> list[np.ndarray]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
-import warnings
 from pathlib import Path
 
 from . import DINOV2_SMALL_ALIAS, METHODS
@@ -36,8 +34,6 @@ def main(argv=None) -> None:
     parser.add_argument("--output_dir", default="outputs/demo")
     accept_old_spelling(parser, "--output-dir", "--output_dir")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.basicConfig(level=logging.WARNING)  # before the training program's own set-up, which is then a no-op
 
     results = {}
     for method in ("kadaptation", "linear"):
@@ -47,7 +43,7 @@ def main(argv=None) -> None:
         argv = (
             f"--method {method} --model_name_or_path {args.model_name_or_path} --dataset_name {args.dataset} "
             f"--shots {args.shots} --resolution {args.resolution} --num_train_epochs {args.epochs} "
-            "--disable_tqdm true --log_level error"
+            "--disable_tqdm true"
         ).split() + ["--output_dir", str(out)]
         results[method] = train(argv)
         for checkpoint in out.glob("checkpoint-*"):

@@ -35,6 +35,7 @@ from .backbones import DINOV2_SMALL_ALIAS, check_resolution, image_normalization
 from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, evaluate, fit
 from .flags import comma_floats, comma_ints, require_counts, require_learning_rates
+from .logs import setup_logging
 from .methods import HEAD
 from .outputs import write_atomically
 
@@ -430,7 +431,7 @@ def plot(out: dict, path: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     out = run_sweep(parse_args(argv))
     print((Path(out["settings"]["output_dir"]) / "intrinsic_dim.md").read_text())
     return out

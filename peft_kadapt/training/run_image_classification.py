@@ -46,6 +46,7 @@ from peft_kadapt.training import (
     pos_encoding_kwargs,
     staged,
 )
+from peft_kadapt.training.logs import setup_logging
 
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class ImageClassificationTrainingArguments(TrainingArguments):
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError(f"--num_train_epochs must be above 0 (or pass --max_steps), got {self.num_train_epochs}.")
         _require_one_or_more(self, ("per_device_train_batch_size", "per_device_eval_batch_size"))
+        if not torch.cuda.is_available():  # pinned memory only helps copies to a GPU; without one torch warns
+            self.dataloader_pin_memory = False
         super().__post_init__()
 
 
@@ -186,12 +189,7 @@ def file_to_argv(parser, path: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO,
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    setup_logging()
     # One run per output directory: an earlier run's files are refused unless --overwrite_output_dir, files this
     # program did not write are never replaced, a resumed run must be the folder's own, and a second run started into
     # the same directory fails at once.

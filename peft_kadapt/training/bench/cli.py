@@ -25,6 +25,7 @@ from transformers import AutoConfig
 
 from ..backbones import DINOV2_SMALL_ALIAS, check_resolution, pos_encoding_kwargs, resolve_model
 from ..flags import comma_floats, comma_ints, require_counts, require_learning_rates
+from ..logs import setup_logging
 from ..methods import build_model, get_method, parse_variant
 from ..outputs import claim_output_dir, write_atomically
 from .profiling import speed_table
@@ -332,21 +333,11 @@ def run_bench(args) -> dict:
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
-    quiet()
-
-
-def quiet() -> None:
-    """Keep the log to results: no per-model loading bars, reports or PEFT's deprecation notice for transformers 5."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    setup_logging()
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet()
+    setup_logging()
     args = parse_args(argv)
     with claim_output_dir(args.output_dir, resuming=True):  # one bench per folder at a time; earlier records resume
         out = run_bench(args)
