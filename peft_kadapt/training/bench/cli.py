@@ -85,15 +85,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="input size in px for every dataset, or auto (per dataset: 56 px for images of up to 112 px, which "
         "shrinks them at most 2x; 112 px for larger ones)",
     )
-    p.add_argument("--test_per_class", type=int, default=100)
-    p.add_argument("--full_shot_subset", type=int, default=100, help="images per class used as 'full shot'")
+    p.add_argument("--test_per_class", type=int, default=BenchSettings.test_per_class)
+    p.add_argument(
+        "--full_shot_subset",
+        type=int,
+        default=BenchSettings.full_shot_subset,
+        help="images per class used as 'full shot'",
+    )
     p.add_argument(
         "--validation",
         choices=("pool", "shots"),
-        default="pool",
+        default=BenchSettings.validation,
         help="pool: extra images outside the shots; shots: carved from the shots, then retrain",
     )
-    p.add_argument("--val_per_class", type=int, default=20, help="validation images per class with --validation pool")
+    p.add_argument(
+        "--val_per_class",
+        type=int,
+        default=BenchSettings.val_per_class,
+        help="validation images per class with --validation pool",
+    )
     p.add_argument(
         "--adapter_lrs", default=None, help="comma-separated learning-rate grid for every adapter method (lora, ...)"
     )
@@ -105,14 +115,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="learning-rate grid of one variant, e.g. --grid 'linear=3e-2,1e-1' (repeatable)",
     )
     p.add_argument("--alphas", default=None, help="comma-separated adapter scales searched with the learning rates")
-    p.add_argument("--steps", type=int, default=50, help="optimiser steps per training run, for every method")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--train_seed", type=int, default=0)
-    p.add_argument("--warmup_steps", type=int, default=0, help="linear learning-rate warm-up steps (then cosine)")
+    p.add_argument(
+        "--steps", type=int, default=BenchSettings.steps, help="optimiser steps per training run, for every method"
+    )
+    p.add_argument("--batch_size", type=int, default=BenchSettings.batch_size)
+    p.add_argument("--train_seed", type=int, default=BenchSettings.train_seed)
+    p.add_argument(
+        "--warmup_steps",
+        type=int,
+        default=BenchSettings.warmup_steps,
+        help="linear learning-rate warm-up steps (then cosine)",
+    )
     p.add_argument(
         "--extend_edges",
         type=int,
-        default=0,
+        default=BenchSettings.extend_edges,
         help="rounds of grid extension: when validation chooses a point on the grid's edge (learning rate or alpha), "
         "also train the point one grid step further out, and choose again (records made with fewer rounds are "
         "topped up)",
