@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from peft_kadapt.training.bench.protocol import read_records
+from peft_kadapt.training.plotting import save
 
 
 WITHIN = 0.03  # "within 3 points of the best"
@@ -115,9 +116,7 @@ def plot(maps: dict, path: str) -> None:
             short = "q/v" if targets == "q_proj+v_proj" else "all linear" if "fc1" in targets else targets
             ax.set_title(f"{method}\n{short}", fontsize=8)
     fig.suptitle("Validation accuracy, mean over splits", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, Path(path))
 
 
 def main(argv=None) -> None:

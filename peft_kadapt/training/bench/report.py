@@ -189,7 +189,7 @@ def pareto_plot(records: list[RunRecord], path: Path) -> None:
                     capsize=2,
                 )
         ax.set_xscale("log")
-        ax.set_title(f"{panel[0]}, {panel[1]} px, k = {panel[2]}", fontsize=9)
+        ax.set_title(f"{Path(panel[0]).name or panel[0]}, {panel[1]} px, k = {panel[2]}", fontsize=9)
         ax.set_xlabel("trainable parameters (head included, log scale)", fontsize=8)
         ax.set_ylabel("test accuracy (mean ± 95 % CI)", fontsize=8)
         ax.grid(alpha=0.3)
