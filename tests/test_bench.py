@@ -416,8 +416,24 @@ def test_changed_data_or_model_runs_again(tiny_backbone, tmp_path):
 
     for name in ("a", "b"):
         add_class(name)
-    args = bench_args(str(model), tmp_path / "out", "--methods", "linear", "--speed_rounds", "0", "--shots", "3",
-                      "--test_per_class", "2", "--val_per_class", "2", "--workers", "1", "--seeds", "0")  # fmt: skip
+    args = bench_args(
+        str(model),
+        tmp_path / "out",
+        "--methods",
+        "linear",
+        "--speed_rounds",
+        "0",
+        "--shots",
+        "3",
+        "--test_per_class",
+        "2",
+        "--val_per_class",
+        "2",
+        "--workers",
+        "1",
+        "--seeds",
+        "0",
+    )
     args[args.index("--datasets") + 1] = str(data)
     kadapt(args)
     kadapt(args)  # unchanged: resumes, nothing new

@@ -78,7 +78,9 @@ def test_prefix_learning_rates_set_the_rate_of_the_parameters_they_name():
         fit(model, x, y, recipe)
         return before, dict(model.named_parameters())
 
-    before, after = trained(Recipe(1e-2, max_steps=3, batch_size=8, prefix_learning_rates=(("base_model.model.classifier", 0.0),)))  # fmt: skip
+    before, after = trained(
+        Recipe(1e-2, max_steps=3, batch_size=8, prefix_learning_rates=(("base_model.model.classifier", 0.0),))
+    )
     head = [n for n in before if ".classifier." in n]
     assert head and all(torch.equal(before[n], after[n]) for n in head)  # a rate of 0: the head did not move
     assert all(not torch.equal(before[n], after[n]) for n in before if "kadapt_" in n and ".classifier." not in n)
@@ -105,8 +107,21 @@ def kadapt_train(backbone, out, steps: int):
 @pytest.mark.slow
 def test_bench_and_kadapt_train_agree_on_the_same_split(tiny_backbone, tmp_path):
     bench = "--datasets digits --seeds 0 --steps 6 --val_per_class 3 --workers 1 --speed_rounds 0"
-    kadapt(["bench", "--model_name_or_path", tiny_backbone, *bench.split(), "--methods", "kadaptation n=4",
-            "--grid", "kadaptation n=4=3e-3", *SPLIT, "--output_dir", str(tmp_path / "bench")])  # fmt: skip
+    kadapt(
+        [
+            "bench",
+            "--model_name_or_path",
+            tiny_backbone,
+            *bench.split(),
+            "--methods",
+            "kadaptation n=4",
+            "--grid",
+            "kadaptation n=4=3e-3",
+            *SPLIT,
+            "--output_dir",
+            str(tmp_path / "bench"),
+        ]
+    )
     (record,) = read_records(tmp_path / "bench" / "records.jsonl")
     kadapt_train(tiny_backbone, tmp_path / "train", steps=6)
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())

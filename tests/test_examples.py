@@ -105,10 +105,35 @@ def assert_adapter_loads(output: Path, backbone: str) -> None:
 @pytest.mark.slow
 def test_trainer_example_trains_evaluates_and_saves(image_folder, backbone, tmp_path):
     out = tmp_path / "out"
-    run([sys.executable, str(TRAINER), "--model_name_or_path", backbone, "--train_dir", str(image_folder / "train"),
-         "--validation_dir", str(image_folder / "validation"), "--output_dir", str(out), "--do_train", "--do_eval",
-         "--num_train_epochs", "2", "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--kadapt_n", "4",
-         "--metric", str(METRIC), "--report_to", "none", "--use_cpu"])  # fmt: skip
+    run(
+        [
+            sys.executable,
+            str(TRAINER),
+            "--model_name_or_path",
+            backbone,
+            "--train_dir",
+            str(image_folder / "train"),
+            "--validation_dir",
+            str(image_folder / "validation"),
+            "--output_dir",
+            str(out),
+            "--do_train",
+            "--do_eval",
+            "--num_train_epochs",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "3e-3",
+            "--kadapt_n",
+            "4",
+            "--metric",
+            str(METRIC),
+            "--report_to",
+            "none",
+            "--use_cpu",
+        ]
+    )
     results = json.loads((out / "all_results.json").read_text())
     assert 0 <= results["eval_accuracy"] <= 1 and results["epoch"] == 2
     assert (out / "adapter_model.safetensors").exists() and (out / "preprocessor_config.json").exists()
@@ -119,19 +144,48 @@ LAUNCHERS = {
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
     # accelerate launch sends --cpu runs to its one-process launcher; --multi_gpu takes the torchrun-based one, and
     # the script's --cpu then gives two CPU processes over gloo
-    "accelerate launch": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--main_process_port", "29534"],
-}  # fmt: skip
+    "accelerate launch": [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29534",
+    ],
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_accelerate_example_on_two_processes_counts_each_image_once(launcher, image_folder, backbone, tmp_path):
     out = tmp_path / "out"
-    run([*LAUNCHERS[launcher], str(NO_TRAINER), "--cpu", "--model_name_or_path", backbone,
-         "--train_dir", str(image_folder / "train"), "--validation_dir", str(image_folder / "validation"),
-         "--output_dir", str(out), "--max_train_steps", "3", "--per_device_train_batch_size", "4",
-         "--per_device_eval_batch_size", "2", "--kadapt_n", "4", "--metric", str(METRIC)])  # fmt: skip
+    run(
+        [
+            *LAUNCHERS[launcher],
+            str(NO_TRAINER),
+            "--cpu",
+            "--model_name_or_path",
+            backbone,
+            "--train_dir",
+            str(image_folder / "train"),
+            "--validation_dir",
+            str(image_folder / "validation"),
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "4",
+            "--per_device_eval_batch_size",
+            "2",
+            "--kadapt_n",
+            "4",
+            "--metric",
+            str(METRIC),
+        ]
+    )
     results = json.loads((out / "all_results.json").read_text())
     assert results["num_processes"] == 2 and results["steps"] == 3
     # 9 validation images over 2 ranks in batches of 2: the padding is dropped, nothing is counted twice

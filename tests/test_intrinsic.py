@@ -287,9 +287,29 @@ def test_full_reference_learning_rate_is_chosen_on_validation_and_a_sweep_resume
     monkeypatch.setattr(sweep, "subspace_run", subspace)
     monkeypatch.setattr(sweep, "full_run", full)
     out = tmp_path / "out"
-    common = ["intrinsic-dim", "--model_name_or_path", tiny_backbone, "--dataset_name", "digits", "--resolution", "32",
-              "--dims", "0,10,100", "--test_per_class", "5", "--val_per_class", "3", "--group", "qv=\\.(q_proj|v_proj)$",
-              "--seeds", "0,1", "--reference", "full", "--output_dir", str(out)]  # fmt: skip
+    common = [
+        "intrinsic-dim",
+        "--model_name_or_path",
+        tiny_backbone,
+        "--dataset_name",
+        "digits",
+        "--resolution",
+        "32",
+        "--dims",
+        "0,10,100",
+        "--test_per_class",
+        "5",
+        "--val_per_class",
+        "3",
+        "--group",
+        "qv=\\.(q_proj|v_proj)$",
+        "--seeds",
+        "0,1",
+        "--reference",
+        "full",
+        "--output_dir",
+        str(out),
+    ]
     kadapt([*common, "--full_lr", "1e-5,1e-3"])
     data = json.loads((out / "intrinsic_dim.json").read_text())
     assert sorted(calls) == sorted([("subspace", d) for d in (0, 10, 100)] * 2 + [("full", 1e-5), ("full", 1e-3)] * 2)

@@ -69,8 +69,11 @@ def test_frontier_and_stability_plots(saved, tmp_path):
     import tables
 
     tables.frontier_plot(long_records(), tmp_path / "f.png", reference=LONG[1])
-    grid = [{"alpha": a, "learning_rate": lr, "validation_accuracy": 0.5, "validation_loss": 1.0}
-            for a in (1.0, 16.0) for lr in (1e-3, 3e-3)]  # fmt: skip
+    grid = [
+        {"alpha": a, "learning_rate": lr, "validation_accuracy": 0.5, "validation_loss": 1.0}
+        for a in (1.0, 16.0)
+        for lr in (1e-3, 3e-3)
+    ]
     maps = stability_maps.mean_maps([record(v, 0, 0.5, 1, grid=grid) for v in LONG])
     stability_maps.plot(maps, str(tmp_path / "m.png"))
     assert saved == [[], []], saved

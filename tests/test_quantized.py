@@ -23,11 +23,19 @@ pytestmark = pytest.mark.integrations
 BNB = {
     # bitsandbytes' CPU 4-bit kernels need widths that are multiples of 32: a width-128 ViT, the 3-class head in float
     "8bit": dict(load_in_8bit=True, llm_int8_skip_modules=["classifier"]),
-    "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
-                llm_int8_skip_modules=["classifier"]),
-    "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.float32,
-                llm_int8_skip_modules=["classifier"]),
-}  # fmt: skip
+    "nf4": dict(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=["classifier"],
+    ),
+    "fp4": dict(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="fp4",
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=["classifier"],
+    ),
+}
 QUANTIZATIONS = [*BNB, "torchao_int8", "hqq_4bit"]
 
 

@@ -15,8 +15,17 @@ from peft_kadapt.training.run_image_classification import parse_args
 
 def train_args(backbone, out, *extra):
     common = "--dataset_name digits --shots 10 --test_per_class 10 --resolution 32 --num_train_epochs 2 --kadapt_n 4"
-    return ["train", "--model_name_or_path", backbone, *common.split(), "--output_dir", str(out), "--disable_tqdm",
-            "true", *extra]  # fmt: skip
+    return [
+        "train",
+        "--model_name_or_path",
+        backbone,
+        *common.split(),
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -65,8 +74,17 @@ def test_resume_reproduces_the_uninterrupted_run(method, tiny_backbone, tmp_path
     kadapt(train_args(tiny_backbone, tmp_path / "full", *common, "--num_train_epochs", "4"))
     kadapt(train_args(tiny_backbone, tmp_path / "part", *common, "--num_train_epochs", "2"))
     checkpoint = sorted((tmp_path / "part").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
-    kadapt(train_args(tiny_backbone, tmp_path / "part", *common, "--num_train_epochs", "4",
-                      "--resume_from_checkpoint", str(checkpoint)))  # fmt: skip
+    kadapt(
+        train_args(
+            tiny_backbone,
+            tmp_path / "part",
+            *common,
+            "--num_train_epochs",
+            "4",
+            "--resume_from_checkpoint",
+            str(checkpoint),
+        )
+    )
     assert_same_weights(weights_file(tmp_path / "part"), weights_file(tmp_path / "full"))
     a = json.loads((tmp_path / "full" / "metrics.json").read_text())
     b = json.loads((tmp_path / "part" / "metrics.json").read_text())
@@ -77,8 +95,22 @@ def test_resume_reproduces_the_uninterrupted_run(method, tiny_backbone, tmp_path
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_the_saved_model_is_exactly_the_selected_checkpoint(method, tiny_backbone, tmp_path):
     # select the checkpoint with the HIGHEST validation loss: the first epoch, so that best != last
-    kadapt(train_args(tiny_backbone, tmp_path, "--method", method, "--num_train_epochs", "3", "--learning_rate",
-                      "3e-3", "--metric_for_best_model", "loss", "--greater_is_better", "true"))  # fmt: skip
+    kadapt(
+        train_args(
+            tiny_backbone,
+            tmp_path,
+            "--method",
+            method,
+            "--num_train_epochs",
+            "3",
+            "--learning_rate",
+            "3e-3",
+            "--metric_for_best_model",
+            "loss",
+            "--greater_is_better",
+            "true",
+        )
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     checkpoints = sorted(tmp_path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     best = tmp_path / metrics["best_checkpoint"].rsplit("/", 1)[-1]
@@ -175,10 +207,27 @@ def test_convert_dinov2_honours_image_size_without_output_dir(tmp_path, monkeypa
 @pytest.mark.slow
 def test_demo_runs_on_a_tiny_model(tiny_backbone, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "peft_kadapt.training.demo", "--model_name_or_path", tiny_backbone, "--dataset", "digits",
-         "--shots", "5", "--epochs", "1", "--resolution", "32", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "peft_kadapt.training.demo",
+            "--model_name_or_path",
+            tiny_backbone,
+            "--dataset",
+            "digits",
+            "--shots",
+            "5",
+            "--epochs",
+            "1",
+            "--resolution",
+            "32",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "KAdaptation" in done.stdout and "linear probe" in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -200,9 +249,29 @@ def test_class_names_travel_with_the_adapter_and_load_from_anywhere(tmp_path, ti
     monkeypatch.chdir(tmp_path)
     relative = "backbone"
     subprocess.run(["cp", "-r", tiny_backbone, relative], check=True)
-    kadapt(["train", "--model_name_or_path", relative, "--dataset_name", "data", "--shots", "5", "--test_per_class",
-            "2", "--resolution", "32", "--num_train_epochs", "1", "--kadapt_n", "4", "--output_dir", "out",
-            "--disable_tqdm", "true"])  # fmt: skip
+    kadapt(
+        [
+            "train",
+            "--model_name_or_path",
+            relative,
+            "--dataset_name",
+            "data",
+            "--shots",
+            "5",
+            "--test_per_class",
+            "2",
+            "--resolution",
+            "32",
+            "--num_train_epochs",
+            "1",
+            "--kadapt_n",
+            "4",
+            "--output_dir",
+            "out",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     out = tmp_path / "out"
     labels = ["cat", "owl", "zebra"]  # folder classes, sorted
     assert json.loads((out / "metrics.json").read_text())["labels"] == labels

@@ -404,13 +404,36 @@ sys.exit(entry())
 
 @pytest.mark.slow
 def test_the_second_of_two_concurrent_runs_fails_at_once(tiny_backbone, tmp_path):
-    args = ["train", "--model_name_or_path", tiny_backbone, "--dataset_name", "digits", "--shots", "5",
-            "--test_per_class", "5", "--resolution", "32", "--kadapt_n", "4", "--disable_tqdm", "true",
-            "--num_train_epochs", "3", "--output_dir", str(tmp_path)]  # fmt: skip
-    second = subprocess.Popen([sys.executable, "-c", SECOND_RUN, str(tmp_path), *args], stderr=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, text=True)  # fmt: skip
-    first = subprocess.run([sys.executable, "-m", "peft_kadapt.training.cli", *args], capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    args = [
+        "train",
+        "--model_name_or_path",
+        tiny_backbone,
+        "--dataset_name",
+        "digits",
+        "--shots",
+        "5",
+        "--test_per_class",
+        "5",
+        "--resolution",
+        "32",
+        "--kadapt_n",
+        "4",
+        "--disable_tqdm",
+        "true",
+        "--num_train_epochs",
+        "3",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    second = subprocess.Popen(
+        [sys.executable, "-c", SECOND_RUN, str(tmp_path), *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    first = subprocess.run(
+        [sys.executable, "-m", "peft_kadapt.training.cli", *args], capture_output=True, text=True, timeout=300
+    )
     errors = second.communicate(timeout=60)[1]
     assert first.returncode == 0, first.stderr[-2000:]
     assert second.returncode == 1 and "Another run (process" in errors, errors
@@ -423,9 +446,22 @@ def test_the_second_of_two_concurrent_runs_fails_at_once(tiny_backbone, tmp_path
 def test_the_console_script_prints_hub_errors_without_a_traceback(tmp_path):
     adapter = saved_adapter(tmp_path / "adapter")
     env = {**os.environ, "HF_ENDPOINT": closed_port_url(), "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_x"}
-    done = subprocess.run([sys.executable, "-m", "peft_kadapt.training.cli", "push", str(adapter), "someone/x",
-                           "--base_model", "facebook/dinov2-small"], capture_output=True, text=True, env=env,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peft_kadapt.training.cli",
+            "push",
+            str(adapter),
+            "someone/x",
+            "--base_model",
+            "facebook/dinov2-small",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3, done.stderr
     assert "HF_ENDPOINT" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr
@@ -436,18 +472,43 @@ def test_kadapt_config_from_an_earlier_adapter_folder_trains(tiny_backbone, tmp_
     adapter = saved_adapter(tmp_path / "earlier", KAdaptationConfig(n=4, target_modules=["q_proj"]))
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["inference_mode"] is True  # what save_pretrained writes after training
-    assert kadapt(["train", "--model_name_or_path", tiny_backbone, "--dataset_name", "digits", "--shots", "5",
-                   "--test_per_class", "5", "--resolution", "32", "--num_train_epochs", "1", "--disable_tqdm", "true",
-                   "--kadapt_config", str(adapter), "--output_dir", str(tmp_path / "out")]) == 0  # fmt: skip
+    assert (
+        kadapt(
+            [
+                "train",
+                "--model_name_or_path",
+                tiny_backbone,
+                "--dataset_name",
+                "digits",
+                "--shots",
+                "5",
+                "--test_per_class",
+                "5",
+                "--resolution",
+                "32",
+                "--num_train_epochs",
+                "1",
+                "--disable_tqdm",
+                "true",
+                "--kadapt_config",
+                str(adapter),
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     trained = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert trained["target_modules"] == ["q_proj"]
 
 
 @pytest.mark.parametrize(
     "config, title, absent",
-    [(LoraConfig(target_modules=["q_proj"]), "# LoRA adapter", "import peft_kadapt"),
-     (KAdaptationConfig(n=4), "# KAdaptation adapter", "LoRA")],
-)  # fmt: skip
+    [
+        (LoraConfig(target_modules=["q_proj"]), "# LoRA adapter", "import peft_kadapt"),
+        (KAdaptationConfig(n=4), "# KAdaptation adapter", "LoRA"),
+    ],
+)
 def test_model_cards_describe_the_method_that_made_the_adapter(tmp_path, config, title, absent):
     card = write_model_card(
         saved_adapter(tmp_path, config), metrics={"dataset": "digits", "test_accuracy": 0.5}
