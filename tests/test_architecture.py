@@ -86,3 +86,13 @@ def test_examples_use_public_api_only():
 
 def test_the_docs_method_table_is_the_method_table():
     assert methods_markdown() in (ROOT / "docs" / "training.md").read_text()
+
+
+def test_no_function_of_the_package_is_longer_than_60_lines():
+    long = [
+        f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, long

@@ -35,7 +35,7 @@ def test_every_method_trains_and_reports(method, tiny_backbone, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == method and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert (metrics["train_images"], metrics["validation_images"], metrics["test_images"]) == (80, 20, 100)
-    assert metrics["best_checkpoint"] is not None  # chosen on validation
+    assert metrics["best_checkpoint"] is not None and metrics["wall_time_s"] > 0  # chosen on validation
     assert metrics["saved_file_bytes"] == (tmp_path / metrics["saved_file"]).stat().st_size
     assert (tmp_path / "training_curve.png").stat().st_size > 1000
     head = 32 * 10 + 10

@@ -23,6 +23,7 @@ import math
 import re
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from .engine import Recipe, evaluate, fit
 from .flags import comma_floats, comma_ints, require_counts, require_learning_rates
 from .logs import setup_logging
 from .methods import HEAD
-from .outputs import write_atomically
+from .outputs import claim_output_dir, write_atomically
 
 
 logger = logging.getLogger(__name__)
@@ -188,13 +189,30 @@ def _modules(model, targets: list[str]) -> list[str]:
     return [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in targets]
 
 
-def run_sweep(args: argparse.Namespace) -> dict:
-    start = time.perf_counter()
+@dataclass
+class SweepPlan:
+    """What a sweep will run, fixed (and checked) before any training."""
+
+    args: argparse.Namespace
+    groups: dict[str, str]  # name -> regex
+    dims: list[int]
+    full_lrs: list[float]  # the full fine-tuning reference's learning rates ([] for --reference best)
+    seeds: list[int]
+    source: object  # the DatasetDict
+    labels: list[str]
+    model: object
+    transform: object
+    extra: dict
+    head: list[str]
+    group_names: dict[str, list[str]]  # group -> parameter names
+    sizes: dict[str, int]  # group -> D
+
+
+def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     groups = parse_groups(args.group)
     dims = sorted(set(comma_ints(args.dims, "--dims", "subspace sizes d; 0 trains the head alone, e.g. 0,10,100")))
     # checked before anything loads, also when --reference best leaves it unused
     full_lrs = comma_floats(args.full_lr, "--full_lr", "learning rates, e.g. 1e-5,1e-4")
-    full_lrs = full_lrs if args.reference == "full" else []
     seeds = comma_ints(args.seeds, "--seeds", "sampling seeds, e.g. 0,1,2")
     # no full-shot mode here (validation is drawn from outside the shots), so --shots counts too
     require_counts(args, ("shots", "val_per_class", "test_per_class", "resolution", "steps", "batch_size", "lr_ref_d"))
@@ -204,85 +222,144 @@ def run_sweep(args: argparse.Namespace) -> dict:
     torch.manual_seed(seeds[0])
     model = load_classifier(args.model_name_or_path, labels)
     check_resolution(model.config, args.resolution)
-    transform = image_transform(*image_normalization(args.model_name_or_path), args.resolution)
-    extra = pos_encoding_kwargs(model, args.resolution)
-    head = [n for n, _ in model.named_parameters() if n.startswith(HEAD + ".")]
     group_names = {g: group_parameters(model, regex) for g, regex in groups.items()}  # errors before any training
     params = dict(model.named_parameters())
     sizes = {g: sum(params[n].numel() for n in ns) for g, ns in group_names.items()}
     for g, D in sizes.items():
         if dims[-1] > D:
             raise ValueError(f"--dims: d={dims[-1]} is larger than group {g!r}'s parameter count D={D:,d}.")
+    return SweepPlan(
+        args=args,
+        groups=groups,
+        dims=dims,
+        full_lrs=full_lrs if args.reference == "full" else [],
+        seeds=seeds,
+        source=source,
+        labels=labels,
+        model=model,
+        transform=image_transform(*image_normalization(args.model_name_or_path), args.resolution),
+        extra=pos_encoding_kwargs(model, args.resolution),
+        head=[n for n, _ in model.named_parameters() if n.startswith(HEAD + ".")],
+        group_names=group_names,
+        sizes=sizes,
+    )
 
+
+def run_sweep(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    plan = plan_sweep(args)
     output_dir = Path(args.output_dir)
-    identity = run_identity(args, seeds)
-    previous = previous_runs(output_dir, identity, groups)
+    with claim_output_dir(output_dir, resuming=True):  # one sweep per folder at a time; earlier runs resume
+        results, reference_runs = run_planned(plan, output_dir)
+        summary = summarise(plan, results, reference_runs)
+        ranked = rank_groups(summary)
+        recommended_targets = sorted({n.rsplit(".", 2)[-2] for g in ranked[:2] for n in plan.group_names[g]})
+        out = {
+            "settings": vars(args),
+            "groups": plan.groups,
+            "dims": plan.dims,
+            "seeds": plan.seeds,
+            "runs": [r.__dict__ for r in results],
+            "reference_runs": reference_runs,
+            "summary": summary,
+            "recommended_groups": ranked[:2],
+            "recommended_target_modules": recommended_targets,
+            "recommended_setting": recommend_config(plan.model, recommended_targets, args.parameter_budget),
+            "wall_time_s": round(time.perf_counter() - start, 1),
+            "train_images": args.shots * len(plan.labels),
+            "validation_images": args.val_per_class * len(plan.labels),
+        }
+        write_outputs(out, output_dir)
+    return out
+
+
+def run_planned(plan: SweepPlan, output_dir: Path) -> tuple[list[RunResult], list[dict]]:
+    """Every (seed, group, d) subspace run and every reference run not recorded yet in `runs.jsonl`, each recorded as
+    it finishes (a stopped sweep resumes)."""
+    args, identity = plan.args, run_identity(plan.args, plan.seeds)
+    previous = previous_runs(output_dir, identity, plan.groups)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    def record(run: dict) -> dict:  # one line per run as it finishes: a stopped sweep resumes
-        run = {**run, "regex": groups[run["group"]]}
+    def record(run: dict) -> dict:
+        run = {**run, "regex": plan.groups[run["group"]]}
         with open(output_dir / "runs.jsonl", "a") as f:
             f.write(json.dumps({**run, "settings": identity}) + "\n")
         return run
 
-    results: list[RunResult] = []
-    reference_runs: list[dict] = []
-    for seed in tqdm(seeds, desc="seeds"):
+    results, reference_runs = [], []
+    for seed in tqdm(plan.seeds, desc="seeds"):
         splits = few_shot(
-            source, args.shots, seed=seed, test_per_class=args.test_per_class, val_pool=args.val_per_class
+            plan.source, args.shots, seed=seed, test_per_class=args.test_per_class, val_pool=args.val_per_class
         )
-        data = [to_tensors(splits[s], transform) for s in ("train", "validation", "test")]
-        recipe = Recipe(args.lr, args.steps, args.batch_size, weight_decay=0.0, seed=seed)
-        head_only = None
-        for g in tqdm(groups, desc="groups", leave=False):
-            for d in dims:
-                key = ("subspace", g, d, seed)
-                if key not in previous:
-                    t = time.perf_counter()
-                    if d == 0 and head_only is not None:  # d = 0 trains the head alone: the same run for every group
-                        val, test = head_only
-                    else:
-                        scale = min(1.0, math.sqrt(args.lr_ref_d / d)) if d else 1.0
-                        val, test = subspace_run(model, group_names[g], d, data, recipe, extra, scale, head)
-                    seconds = round(time.perf_counter() - t, 1)
-                    previous[key] = record(
-                        {"kind": "subspace", "group": g, "d": d, "D": sizes[g], "accuracy": val, "seconds": seconds}
-                        | {"test_accuracy": test, "seed": seed}
-                    )
-                    logger.info("seed %d %s d=%d: validation %.4f, test %.4f", seed, g, d, val, test)
-                r = previous[key]
-                head_only = (r["accuracy"], r["test_accuracy"]) if d == 0 else head_only
-                results.append(RunResult(g, d, sizes[g], r["accuracy"], r["seconds"], r["test_accuracy"], seed))
-            for lr in full_lrs:
-                key = ("full", g, lr, seed)
-                if key not in previous:
-                    t = time.perf_counter()
-                    head_lr = ((HEAD + ".", args.lr),)  # the head trains as in every subspace run
-                    full = Recipe(lr, args.steps, args.batch_size, 0.0, seed=seed, prefix_learning_rates=head_lr)
-                    val, test = full_run(model, group_names[g], data, full, extra, head)
-                    previous[key] = record(
-                        {"kind": "full", "group": g, "learning_rate": lr, "accuracy": val, "test_accuracy": test}
-                        | {"seconds": round(time.perf_counter() - t, 1), "seed": seed}
-                    )
-                    logger.info("seed %d %s full fine-tuning, lr %g: validation %.4f", seed, g, lr, val)
-                reference_runs.append(previous[key])
+        data = [to_tensors(splits[s], plan.transform) for s in ("train", "validation", "test")]
+        for g in tqdm(plan.groups, desc="groups", leave=False):
+            results += _subspace_runs(plan, g, seed, data, previous, record)
+            reference_runs += _reference_runs(plan, g, seed, data, previous, record)
+    return results, reference_runs
 
+
+def _subspace_runs(plan: SweepPlan, g: str, seed: int, data, previous: dict, record) -> list[RunResult]:
+    args, results, head_only = plan.args, [], None
+    recipe = Recipe(args.lr, args.steps, args.batch_size, weight_decay=0.0, seed=seed)
+    for d in plan.dims:
+        key = ("subspace", g, d, seed)
+        if key not in previous:
+            t = time.perf_counter()
+            if d == 0 and head_only is not None:  # d = 0 trains the head alone: the same run for every group
+                val, test = head_only
+            else:
+                scale = min(1.0, math.sqrt(args.lr_ref_d / d)) if d else 1.0
+                val, test = subspace_run(
+                    plan.model, plan.group_names[g], d, data, recipe, plan.extra, scale, plan.head
+                )
+            seconds = round(time.perf_counter() - t, 1)
+            previous[key] = record(
+                {"kind": "subspace", "group": g, "d": d, "D": plan.sizes[g], "accuracy": val, "seconds": seconds}
+                | {"test_accuracy": test, "seed": seed}
+            )
+            logger.info("seed %d %s d=%d: validation %.4f, test %.4f", seed, g, d, val, test)
+        r = previous[key]
+        head_only = (r["accuracy"], r["test_accuracy"]) if d == 0 else head_only
+        results.append(RunResult(g, d, plan.sizes[g], r["accuracy"], r["seconds"], r["test_accuracy"], seed))
+    return results
+
+
+def _reference_runs(plan: SweepPlan, g: str, seed: int, data, previous: dict, record) -> list[dict]:
+    args, runs = plan.args, []
+    for lr in plan.full_lrs:
+        key = ("full", g, lr, seed)
+        if key not in previous:
+            t = time.perf_counter()
+            head_lr = ((HEAD + ".", args.lr),)  # the head trains as in every subspace run
+            full = Recipe(lr, args.steps, args.batch_size, 0.0, seed=seed, prefix_learning_rates=head_lr)
+            val, test = full_run(plan.model, plan.group_names[g], data, full, plan.extra, plan.head)
+            previous[key] = record(
+                {"kind": "full", "group": g, "learning_rate": lr, "accuracy": val, "test_accuracy": test}
+                | {"seconds": round(time.perf_counter() - t, 1), "seed": seed}
+            )
+            logger.info("seed %d %s full fine-tuning, lr %g: validation %.4f", seed, g, lr, val)
+        runs.append(previous[key])
+    return runs
+
+
+def summarise(plan: SweepPlan, results: list[RunResult], reference_runs: list[dict]) -> dict:
+    """Per group: the mean validation curve over seeds, the reference (full fine-tuning at its validation-chosen
+    learning rate, or the best subspace), d90 overall and per seed, and the test curve (reported only)."""
     summary = {}
-    for g in groups:
+    for g in plan.groups:
+        mean = statistics.mean
         curve = [
-            RunResult(g, d, sizes[g], statistics.mean(r.accuracy for r in results if r.group == g and r.d == d), 0.0)
-            for d in dims
+            RunResult(g, d, plan.sizes[g], mean(r.accuracy for r in results if r.group == g and r.d == d), 0.0)
+            for d in plan.dims
         ]
         per_seed, reference_lr = {}, None
-        if args.reference == "full":  # the learning rate with the best mean validation accuracy
-            mean = {
-                lr: statistics.mean(
-                    r["accuracy"] for r in reference_runs if (r["group"], r["learning_rate"]) == (g, lr)
-                )
-                for lr in full_lrs
+        if plan.args.reference == "full":  # the learning rate with the best mean validation accuracy
+            of_lr = {
+                lr: mean(r["accuracy"] for r in reference_runs if (r["group"], r["learning_rate"]) == (g, lr))
+                for lr in plan.full_lrs
             }
-            reference_lr = max(full_lrs, key=lambda lr: mean[lr])
-            reference = mean[reference_lr]
+            reference_lr = max(plan.full_lrs, key=lambda lr: of_lr[lr])
+            reference = of_lr[reference_lr]
             per_seed = {
                 r["seed"]: r["accuracy"]
                 for r in reference_runs
@@ -290,38 +367,19 @@ def run_sweep(args: argparse.Namespace) -> dict:
             }
         else:
             reference = max(r.accuracy for r in curve)
-        test = {d: statistics.mean(r.test_accuracy for r in results if r.group == g and r.d == d) for d in dims}
         summary[g] = {
-            "D": sizes[g],
+            "D": plan.sizes[g],
             "reference_validation_accuracy": reference,
             "reference_learning_rate": reference_lr,
             "d90": d90(curve, reference),
             "d90_per_seed": [
-                d90([r for r in results if r.group == g and r.seed == s], per_seed.get(s, reference)) for s in seeds
+                d90([r for r in results if r.group == g and r.seed == s], per_seed.get(s, reference))
+                for s in plan.seeds
             ],
-            "validation_curve": {d: r.accuracy for d, r in zip(dims, curve)},
-            "test_curve": test,
+            "validation_curve": {d: r.accuracy for d, r in zip(plan.dims, curve)},
+            "test_curve": {d: mean(r.test_accuracy for r in results if r.group == g and r.d == d) for d in plan.dims},
         }
-    ranked = rank_groups(summary)
-    recommended_targets = sorted({n.rsplit(".", 2)[-2] for g in ranked[:2] for n in group_names[g]})
-    setting = recommend_config(model, recommended_targets, args.parameter_budget)
-    out = {
-        "settings": vars(args),
-        "groups": groups,
-        "dims": dims,
-        "seeds": seeds,
-        "runs": [r.__dict__ for r in results],
-        "reference_runs": reference_runs,
-        "summary": summary,
-        "recommended_groups": ranked[:2],
-        "recommended_target_modules": recommended_targets,
-        "recommended_setting": setting,
-        "wall_time_s": round(time.perf_counter() - start, 1),
-        "train_images": args.shots * len(labels),
-        "validation_images": args.val_per_class * len(labels),
-    }
-    write_outputs(out, output_dir)
-    return out
+    return summary
 
 
 def _head_only(entry: dict) -> float | None:

@@ -236,54 +236,19 @@ def check_folders(model_args, training_args) -> None:
 def train_and_test(model_args, data_args, training_args) -> dict:
     start = time.perf_counter()
     transformers.set_seed(training_args.seed)
-
-    # Data: a class-balanced few-shot split (train / validation / test) of an offline dataset, a folder or a Hub id.
-    load_kwargs = {"name": data_args.dataset_config_name} if data_args.dataset_config_name else {}
-    source = load_image_dataset(
-        data_args.dataset_name, data_args.image_column_name, data_args.label_column_name, **load_kwargs
-    )
-    splits = few_shot(
-        source,
-        data_args.shots or None,
-        seed=data_args.sampling_seed,
-        val_shots=data_args.val_shots,
-        test_per_class=data_args.test_per_class,
-        val_pool=data_args.val_pool,
-    )
-    labels = splits["train"].features["label"].names
-
+    splits = load_splits(data_args)
     # Model: the backbone with a new head, adapted as the method table says.
-    model, is_peft = build_model(model_args, labels)
+    model, is_peft = build_model(model_args, splits["train"].features["label"].names)
     check_resolution(model.config, data_args.resolution)
     transform = image_transform(*image_normalization(model_args.model_name_or_path), data_args.resolution)
     for split in splits.values():
         split.set_transform(transform)
-    extra = pos_encoding_kwargs(model, data_args.resolution)
-
-    def collate(examples):
-        pixel_values = torch.stack([e["pixel_values"] for e in examples])
-        return {"pixel_values": pixel_values, "labels": torch.tensor([e["labels"] for e in examples]), **extra}
-
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info("%s: %s trainable of %s parameters", model_args.method, f"{trainable:,}", f"{total:,}")
-
-    # Train, choosing the checkpoint on validation; then test once.
-    accuracy = load_accuracy()  # evaluate's accuracy, from the Hub or the copy shipped with peft_kadapt
-
-    def compute_metrics(eval_pred) -> dict:
-        logits, labels = eval_pred
-        return accuracy.compute(predictions=np.argmax(logits, axis=-1), references=labels)
-
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
-        data_collator=collate,
-        compute_metrics=compute_metrics,
-    )
-    # Models without adapter: the Trainer's own reload misses the names transformers 5 renames, so load them here.
+    trainer = make_trainer(model, training_args, splits, pos_encoding_kwargs(model, data_args.resolution))
+    # Train, choosing the checkpoint on validation; then test once. Models without adapter: the Trainer's own reload
+    # misses the names transformers 5 renames, so load them here.
     if training_args.resume_from_checkpoint and not is_peft:
         load_checkpoint_weights(model, training_args.resume_from_checkpoint)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -292,12 +257,57 @@ def train_and_test(model_args, data_args, training_args) -> dict:
         load_checkpoint_weights(trainer.model, best)  # exactly the chosen checkpoint, encoder included
     validation = trainer.evaluate(splits["validation"], metric_key_prefix="validation")
     test = trainer.evaluate(splits["test"], metric_key_prefix="test")
+    metrics = save_run(trainer, model_args, data_args, training_args, is_peft, splits, (validation, test), start)
+    summary = ("method", "test_accuracy", "validation_accuracy", "trainable_parameters")
+    print(json.dumps({k: metrics[k] for k in summary}))
+    return metrics
 
-    # Save the chosen weights, the metrics, the training curve and a model card; files appear complete or not at all.
+
+def load_splits(data_args):
+    """A class-balanced few-shot split (train / validation / test) of an offline dataset, a folder or a Hub id."""
+    load_kwargs = {"name": data_args.dataset_config_name} if data_args.dataset_config_name else {}
+    source = load_image_dataset(
+        data_args.dataset_name, data_args.image_column_name, data_args.label_column_name, **load_kwargs
+    )
+    return few_shot(
+        source,
+        data_args.shots or None,
+        seed=data_args.sampling_seed,
+        val_shots=data_args.val_shots,
+        test_per_class=data_args.test_per_class,
+        val_pool=data_args.val_pool,
+    )
+
+
+def make_trainer(model, training_args, splits, extra: dict) -> Trainer:
+    accuracy = load_accuracy()  # evaluate's accuracy, from the Hub or the copy shipped with peft_kadapt
+
+    def compute_metrics(eval_pred) -> dict:
+        logits, labels = eval_pred
+        return accuracy.compute(predictions=np.argmax(logits, axis=-1), references=labels)
+
+    def collate(examples):
+        pixel_values = torch.stack([e["pixel_values"] for e in examples])
+        return {"pixel_values": pixel_values, "labels": torch.tensor([e["labels"] for e in examples]), **extra}
+
+    return Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=collate,
+        compute_metrics=compute_metrics,
+    )
+
+
+def save_run(trainer, model_args, data_args, training_args, is_peft, splits, scores, start: float) -> dict:
+    """The chosen weights, the metrics, the training curve, the head's config and a model card; files appear complete
+    or not at all. Returns the metrics."""
+    model = trainer.model
     with staged(training_args.output_dir, trainer.is_world_process_zero()) as staging:
         trainer.save_model(str(staging))
-        metrics = collect_metrics(model_args, data_args, training_args, model, is_peft, splits, validation, test)
-        metrics["best_checkpoint"] = best
+        metrics = collect_metrics(model_args, data_args, training_args, model, is_peft, splits, *scores)
+        metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
         metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
         if trainer.is_world_process_zero():
             if is_peft:  # the head's classes travel with the adapter: its config (id2label, label2id) beside it
@@ -306,8 +316,6 @@ def train_and_test(model_args, data_args, training_args) -> dict:
             plot_training_curve(trainer.state.log_history, staging / "training_curve.png", title=model_args.method)
             if is_peft:
                 write_model_card(staging, metrics=metrics)
-    summary = ("method", "test_accuracy", "validation_accuracy", "trainable_parameters")
-    print(json.dumps({k: metrics[k] for k in summary}))
     return metrics
 
 

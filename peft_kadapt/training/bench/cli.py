@@ -65,6 +65,21 @@ QUICK_SUITE = ("kadaptation n=8", "kadaptation n=32", "lora r=8", "linear")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kadapt bench", description=__doc__)
+    _add_study_flags(p)
+    _add_training_flags(p)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.datasets, args.shots, args.seeds, args.methods = "textiles", "5", "0", ",".join(QUICK_SUITE)
+        args.steps, args.speed_rounds, args.test_per_class = 30, 2, 50
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.workers is None:
+        args.workers = 2 if not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 1
+    return args
+
+
+def _add_study_flags(p: argparse.ArgumentParser) -> None:
+    """What is compared on what: model, data, splits, variants, grids, outputs."""
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument(
         "--datasets",
@@ -115,6 +130,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="learning-rate grid of one variant, e.g. --grid 'linear=3e-2,1e-1' (repeatable)",
     )
     p.add_argument("--alphas", default=None, help="comma-separated adapter scales searched with the learning rates")
+    p.add_argument("--quick", action="store_true", help="textiles, k=5, one seed, 4 variants, one learning rate each")
+    p.add_argument("--output_dir", default="outputs/bench")
+    p.add_argument("--records", default=None, help="records file (default: OUTPUT_DIR/records.jsonl); resumes from it")
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    """How every run trains, and on what hardware."""
     p.add_argument(
         "--steps", type=int, default=BenchSettings.steps, help="optimiser steps per training run, for every method"
     )
@@ -154,18 +176,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="processes sharing the (dataset, k, seed) splits; default 2 on a CPU-only machine with 2+ cores, else 1",
     )
     p.add_argument("--speed_rounds", type=int, default=3, help="timed training steps per variant (0: no speed table)")
-    p.add_argument("--quick", action="store_true", help="textiles, k=5, one seed, 4 variants, one learning rate each")
-    p.add_argument("--output_dir", default="outputs/bench")
-    p.add_argument("--records", default=None, help="records file (default: OUTPUT_DIR/records.jsonl); resumes from it")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.datasets, args.shots, args.seeds, args.methods = "textiles", "5", "0", ",".join(QUICK_SUITE)
-        args.steps, args.speed_rounds, args.test_per_class = 30, 2, 50
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.workers is None:
-        args.workers = 2 if not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 1
-    return args
 
 
 def grids(args) -> dict[str, list[Candidate]]:
@@ -250,28 +260,7 @@ def run_bench(args) -> dict:
     start = time.perf_counter()
     datasets = [d.strip() for d in args.datasets.split(",")]
     resolution = resolutions(datasets, args.resolution)
-    settings = BenchSettings(
-        model_name_or_path=args.model_name_or_path,
-        test_per_class=args.test_per_class,
-        full_shot_subset=args.full_shot_subset,
-        validation=args.validation,
-        val_per_class=args.val_per_class,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        train_seed=args.train_seed,
-        warmup_steps=args.warmup_steps,
-        extend_edges=args.extend_edges,
-        bf16=args.bf16,
-        head_learning_rate=args.head_lr,
-        model_fingerprint=folder_fingerprint(args.model_name_or_path),
-    )
-    require_learning_rates(args, ("head_lr",))
-    if args.extend_edges < 0:
-        raise ValueError(
-            f"--extend_edges {args.extend_edges}: expected 0 (no extension) or a positive number of rounds."
-        )
-    require_counts(args, ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size", "workers"))
-    require_counts(args, ("warmup_steps", "speed_rounds"), minimum=0)
+    settings = base_settings(args)
     variant_grids = grids(args)
     settings_of = {
         d: replace(settings, resolution=resolution[d], data_fingerprint=folder_fingerprint(d)) for d in datasets
@@ -279,56 +268,11 @@ def run_bench(args) -> dict:
     shots = comma_ints(args.shots, "--shots", "k images per class; 0 = full shot, e.g. 5,20,0")
     seeds = comma_ints(args.seeds, "--seeds", "sampling seeds, e.g. 0,1,2")
     jobs = [(d, k, s) for s in seeds for d in datasets for k in shots]  # seed-major: a cut-short study covers all data
-    warn_on_downscaling(resolution)
-    model_config = AutoConfig.from_pretrained(resolve_model(args.model_name_or_path))
-    for size in set(resolution.values()):
-        check_resolution(model_config, size)
-    for d in datasets:  # an impossible split fails now, not hours into a study
-        for k in shots:
-            check_split(d, k, settings_of[d])
+    check_inputs(args.model_name_or_path, resolution, shots, settings_of)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records_path = Path(args.records) if args.records else output_dir / "records.jsonl"
-    existing = read_records(records_path)
-    todo = pending(jobs, variant_grids, settings_of, {r.key for r in existing})
-    topped_up = priors(existing, settings)
-    prior = {(job, v): topped_up.get(job_key(job, v, variant_grids[v], settings_of[job[0]])) for job, v in todo}
-    logger.info(
-        "%d of %d (split, variant) runs to do; records in %s", len(todo), len(jobs) * len(variant_grids), records_path
-    )
-    pool = None
-    if args.workers > 1 and len(todo) > 1:
-        threads = max(1, torch.get_num_threads() // args.workers)
-        pool = ProcessPoolExecutor(
-            args.workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
-        )
-        results = as_completed(
-            [
-                pool.submit(run_job, job, v, variant_grids[v], settings_of[job[0]], prior[job, v], args.device)
-                for job, v in todo
-            ]
-        )
-        records = (future.result() for future in results)
-    else:
-        records = (
-            run_job(job, v, variant_grids[v], settings_of[job[0]], prior[job, v], args.device) for job, v in todo
-        )
-    try:
-        for r in tqdm(records, total=len(todo), desc="split × variant"):
-            append_records(records_path, [r])  # as each run finishes: the study can stop and resume
-            logger.info(
-                "%s k=%s seed=%d %s: test %.4f (lr %g, alpha %s)",
-                r.dataset,
-                r.shots,
-                r.seed,
-                r.variant,
-                r.test_accuracy,
-                r.chosen_lr,
-                r.chosen_alpha,
-            )
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    run_pending(args, jobs, variant_grids, settings, settings_of, records_path)
     wanted = {(d, str(k or f"full ({settings.full_shot_subset}/class)"), s) for d, k, s in jobs}
     records = [
         r
@@ -346,6 +290,77 @@ def run_bench(args) -> dict:
     write_atomically(output_dir / "results.md", results_markdown(records, speed, SPEED_REFERENCE, shape))
     pareto_plot(records, output_dir / "pareto.png")
     return {"records": records, "speed": speed, "wall_time_s": round(time.perf_counter() - start, 1)}
+
+
+def base_settings(args) -> BenchSettings:
+    """The recorded settings the flags give (before the per-dataset resolution and data fingerprint); flags that
+    cannot be meant are refused here, before anything loads."""
+    require_learning_rates(args, ("head_lr",))
+    if args.extend_edges < 0:
+        raise ValueError(
+            f"--extend_edges {args.extend_edges}: expected 0 (no extension) or a positive number of rounds."
+        )
+    require_counts(args, ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size", "workers"))
+    require_counts(args, ("warmup_steps", "speed_rounds"), minimum=0)
+    return BenchSettings(
+        model_name_or_path=args.model_name_or_path,
+        test_per_class=args.test_per_class,
+        full_shot_subset=args.full_shot_subset,
+        validation=args.validation,
+        val_per_class=args.val_per_class,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        train_seed=args.train_seed,
+        warmup_steps=args.warmup_steps,
+        extend_edges=args.extend_edges,
+        bf16=args.bf16,
+        head_learning_rate=args.head_lr,
+        model_fingerprint=folder_fingerprint(args.model_name_or_path),
+    )
+
+
+def check_inputs(model_name_or_path: str, resolution: dict, shots: list[int], settings_of: dict) -> None:
+    """What would fail hours into a study fails now: a resolution the model cannot take, a split a dataset cannot
+    give; and a resolution that loses detail is warned of."""
+    warn_on_downscaling(resolution)
+    model_config = AutoConfig.from_pretrained(resolve_model(model_name_or_path))
+    for size in set(resolution.values()):
+        check_resolution(model_config, size)
+    for d, settings in settings_of.items():
+        for k in shots:
+            check_split(d, k, settings)
+
+
+def run_pending(args, jobs, variant_grids, settings, settings_of, records_path: Path) -> None:
+    """Run the (split, variant) pairs without a record, in worker processes when asked, appending each record as it
+    finishes (so a study stops and resumes anywhere); records with fewer extension rounds are topped up."""
+    existing = read_records(records_path)
+    todo = pending(jobs, variant_grids, settings_of, {r.key for r in existing})
+    topped_up = priors(existing, settings)
+    prior = {(job, v): topped_up.get(job_key(job, v, variant_grids[v], settings_of[job[0]])) for job, v in todo}
+    logger.info(
+        "%d of %d (split, variant) runs to do; records in %s", len(todo), len(jobs) * len(variant_grids), records_path
+    )
+    calls = [(job, v, variant_grids[v], settings_of[job[0]], prior[job, v], args.device) for job, v in todo]
+    pool = None
+    if args.workers > 1 and len(todo) > 1:
+        threads = max(1, torch.get_num_threads() // args.workers)
+        pool = ProcessPoolExecutor(
+            args.workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+        )
+        records = (future.result() for future in as_completed([pool.submit(run_job, *call) for call in calls]))
+    else:
+        records = (run_job(*call) for call in calls)
+    try:
+        for r in tqdm(records, total=len(todo), desc="split × variant"):
+            append_records(records_path, [r])
+            logger.info(
+                "%s k=%s seed=%d %s: test %.4f (lr %g, alpha %s)",
+                *(r.dataset, r.shots, r.seed, r.variant, r.test_accuracy, r.chosen_lr, r.chosen_alpha),
+            )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _worker_init(threads: int) -> None:

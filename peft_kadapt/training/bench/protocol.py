@@ -239,6 +239,37 @@ def edge_neighbours(chosen: Candidate, points: list[Candidate]) -> list[Candidat
     return [c for c in out if (c.learning_rate, c.alpha) not in tried]
 
 
+class _GridSearch:
+    """The points scored so far on validation, the best of them, and the model of the best one when it was trained
+    here (None when its score came from a prior record)."""
+
+    def __init__(self, variant, settings: BenchSettings, labels, data, device: str, prior: RunRecord | None):
+        self.variant, self.settings, self.labels, self.data, self.device = variant, settings, labels, data, device
+        self.known = {(g["learning_rate"], g["alpha"]): g for g in prior.grid} if prior else {}
+        self.points: list[Candidate] = []
+        self.best: Candidate | None = None
+        self.kept = None  # (model, is_peft, extra, seconds) of the best point, when trained here
+
+    def score(self, candidates: list[Candidate]) -> None:
+        (x_tr, y_tr), (x_val, y_val), _ = self.data
+        for candidate in candidates:
+            recorded = self.known.get((candidate.learning_rate, candidate.alpha))
+            trained = None
+            if recorded is not None:
+                candidate.validation_accuracy = recorded["validation_accuracy"]
+                candidate.validation_loss = recorded["validation_loss"]
+            else:
+                model, is_peft, extra, seconds = _train(
+                    self.variant, candidate, self.settings, self.labels, x_tr, y_tr, self.device
+                )
+                scores = evaluate(model, x_val, y_val, extra, bf16=self.settings.bf16)
+                candidate.validation_accuracy, candidate.validation_loss = scores.accuracy, scores.loss
+                trained = (model, is_peft, extra, seconds)
+            self.points.append(candidate)
+            if self.best is None or validation_rank(candidate) > validation_rank(self.best):
+                self.best, self.kept = candidate, trained
+
+
 def run_variant(
     variant: str,
     grid: list[Candidate],
@@ -253,36 +284,15 @@ def run_variant(
     chosen model once (see the module doc). `prior`: the same run recorded with fewer extension rounds, whose scores
     and test accuracy are reused. `device`: where to train and evaluate (not part of the record's identity)."""
     start = time.perf_counter()
-    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
-    known = {(g["learning_rate"], g["alpha"]): g for g in prior.grid} if prior else {}
-    points: list[Candidate] = []
-    best, kept = None, None  # kept: (model, is_peft, extra, seconds) of the best point when it was trained here
-
-    def score(candidates: list[Candidate]) -> None:
-        nonlocal best, kept
-        for candidate in candidates:
-            recorded = known.get((candidate.learning_rate, candidate.alpha))
-            trained = None
-            if recorded is not None:
-                candidate.validation_accuracy = recorded["validation_accuracy"]
-                candidate.validation_loss = recorded["validation_loss"]
-            else:
-                model, is_peft, extra, seconds = _train(variant, candidate, settings, labels, x_tr, y_tr, device)
-                scores = evaluate(model, x_val, y_val, extra, bf16=settings.bf16)
-                candidate.validation_accuracy, candidate.validation_loss = scores.accuracy, scores.loss
-                trained = (model, is_peft, extra, seconds)
-            points.append(candidate)
-            if best is None or validation_rank(candidate) > validation_rank(best):
-                best, kept = candidate, trained
-
-    score(grid)
+    search = _GridSearch(variant, settings, labels, data, device, prior)
+    search.score(grid)
     for _ in range(settings.extend_edges):
-        more = edge_neighbours(best, points)
+        more = edge_neighbours(search.best, search.points)
         if not more:
             break
-        score(more)
-    grid_dicts = [asdict(c) for c in points]
-    if kept is None:  # the prior record's choice stands: its test accuracy is reused, nothing is tested again
+        search.score(more)
+    best, grid_dicts = search.best, [asdict(c) for c in search.points]
+    if search.kept is None:  # the prior record's choice stands: its test accuracy is reused, nothing is tested again
         assert (best.learning_rate, best.alpha) == (prior.chosen_lr, prior.chosen_alpha), "prior record disagrees"
         return replace(
             prior,
@@ -291,11 +301,17 @@ def run_variant(
             wall_seconds=round(prior.wall_seconds + time.perf_counter() - start, 2),
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-    model, is_peft, extra, seconds = kept
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
+    model, is_peft, extra, seconds = search.kept
     if settings.validation == "shots":  # retrain the chosen point on all k shots
         x_all, y_all = torch.cat([x_tr, x_val]), torch.cat([y_tr, y_val])
         model, is_peft, extra, seconds = _train(variant, best, settings, labels, x_all, y_all, device)
     test = evaluate(model, x_te, y_te, extra, bf16=settings.bf16)  # once, for the chosen model
+    wall = time.perf_counter() - start + (prior.wall_seconds if prior else 0.0)
+    return _record(variant, split, settings, grid_dicts, best, test, len(y_te), model, is_peft, seconds, wall)
+
+
+def _record(variant, split, settings, grid_dicts, best, test, test_images, model, is_peft, seconds, wall) -> RunRecord:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." in n)
     dataset, shots, seed = split
@@ -311,12 +327,12 @@ def run_variant(
         chosen_alpha=best.alpha,
         validation_accuracy=best.validation_accuracy,
         test_accuracy=test.accuracy,
-        test_images=len(y_te),
+        test_images=test_images,
         trainable_parameters=trainable,
         adapter_parameters=trainable - head,
         saved_bytes=saved_bytes(model, is_peft),
         train_seconds=round(seconds, 2),
-        wall_seconds=round(time.perf_counter() - start + (prior.wall_seconds if prior else 0.0), 2),
+        wall_seconds=round(wall, 2),
     )
 
 
