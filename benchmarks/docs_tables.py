@@ -4,7 +4,7 @@ A generated block is the text between `<!-- tables: ARGS -->` and `<!-- /tables 
 `python benchmarks/tables.py ARGS`, file arguments relative to the repository root. To move a block to a later
 cut-off, edit its ARGS (e.g. its `--until`) and run this script; `--check` is what the test suite asserts.
 
-    python benchmarks/docs_tables.py                    # rewrite every block of docs/benchmarks.md
+    python benchmarks/docs_tables.py                    # rewrite every block of docs/results.md
     python benchmarks/docs_tables.py --check            # exit 1, naming each block that differs from its records
 """
 
@@ -61,7 +61,7 @@ def regenerate(text: str, root: Path = ROOT) -> tuple[str, list[str]]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("docs", nargs="?", default=str(ROOT / "docs" / "benchmarks.md"), help="the page to rewrite")
+    p.add_argument("docs", nargs="?", default=str(ROOT / "docs" / "results.md"), help="the page to rewrite")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs from its records")
     args = p.parse_args(argv)
     path = Path(args.docs)

@@ -1,4 +1,4 @@
-"""Recompute the tables of docs/benchmarks.md from committed benchmark records (JSON lines of `kadapt bench`).
+"""Recompute the tables of docs/results.md from committed benchmark records (JSON lines of `kadapt bench`).
 
     python benchmarks/tables.py benchmarks/results/frontier.jsonl              # results, paired differences, frontier
     python benchmarks/tables.py benchmarks/results/frontier.jsonl --verdict --plot frontier.png

@@ -133,7 +133,7 @@ class KAdaptationConfig(PeftConfig):
             reparametrisation: A = slow_lr_ratio · Â with Â the stored tensor, initialised so that A keeps its
             distribution. With Adam each stored entry moves by about the learning rate per step, so A moves
             `slow_lr_ratio` times as far (√slow_lr_ratio per factor with `slow_rank`). Defaults to 1.0 (no change);
-            how far A moves in practice is measured in docs/benchmarks.md.
+            how far A moves in practice is measured in docs/results.md.
         forward_mode (`str`):
             How the adapter branch is computed. `"factored"` uses the Kronecker identity and never builds ΔW;
             `"materialized"` builds ΔW once per forward and folds it into the base matmul; `"auto"` (default) picks

@@ -151,10 +151,10 @@ def test_label_names_variants_by_a_setting_so_they_can_be_paired(tmp_path, capsy
 
 
 def test_the_tables_in_the_docs_are_what_the_committed_records_give():
-    """Every block of docs/benchmarks.md between `<!-- tables: ARGS -->` and `<!-- /tables -->` is the output of
+    """Every block of docs/results.md between `<!-- tables: ARGS -->` and `<!-- /tables -->` is the output of
     `python benchmarks/tables.py ARGS` on the committed records (ARGS name files relative to the repository)."""
-    docs = Path(__file__).parents[1] / "docs" / "benchmarks.md"
-    assert docs_tables.blocks(docs.read_text()), "docs/benchmarks.md has no generated table block"
+    docs = Path(__file__).parents[1] / "docs" / "results.md"
+    assert docs_tables.blocks(docs.read_text()), "docs/results.md has no generated table block"
     assert docs_tables.main([str(docs), "--check"]) == 0, "a docs block differs from its records (see above)"
 
 

