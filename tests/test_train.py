@@ -132,8 +132,8 @@ def test_the_program_runs_as_a_module_and_bad_method(tiny_backbone, tmp_path, ca
     with pytest.raises(SystemExit):
         kadapt(train_args(tiny_backbone, tmp_path / "x", "--method", "adapter"))
     assert (
-        "--method must be one of kadaptation, lora, lokr, linear, bitfit, full, got 'adapter'"
-        in capsys.readouterr().err
+        "--method must be one of kadaptation, lora, lokr, linear, bitfit, full, vera, pvera, fourierft, vblora, loha, "
+        "ia3, oft, lily, tinylora, c3a, got 'adapter'" in capsys.readouterr().err
     )
 
 

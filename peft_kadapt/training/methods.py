@@ -10,10 +10,12 @@ A *variant* is a method with settings, written as the method name followed by `k
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import peft
 from peft import LoKrConfig, LoraConfig, PeftConfig, get_peft_model
 from torch import nn
 
@@ -70,6 +72,13 @@ class ModelArguments:
     )
     lora_r: int = field(default=LoraConfig.r, metadata={"help": "LoRA / LoKr rank."})
     lora_alpha: float = field(default=LoraConfig.lora_alpha, metadata={"help": "LoRA / LoKr alpha."})
+    peft_options: str | None = field(
+        default=None,
+        metadata={
+            "help": "The other PEFT methods (vera, fourierft, loha, ...): their config's fields as KEY=VALUE pairs "
+            "separated by commas, e.g. 'r=4,alpha=8'; the PEFT library's defaults otherwise."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class Method:
     alpha_field: str | None = None  # the ModelArguments field of its adapter scale (None: it has none)
     rank_field: str | None = None  # the ModelArguments field of its rank
     quick_learning_rate: float = 1e-3  # the one learning rate of `kadapt bench --quick`
+    options_class: type | None = None  # the PEFT config whose fields `peft_options` and the variant keys set
 
 
 def _kadaptation(args: ModelArguments, targets: list[str]) -> PeftConfig:
@@ -172,6 +182,66 @@ METHODS: dict[str, Method] = {
 }
 
 
+def _options(args: ModelArguments, config_class: type) -> dict:
+    """`--peft_options` "r=4,alpha=8" -> {"r": 4, "alpha": 8.0}, each value converted to the config field's type."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    out = {}
+    for pair in filter(None, (args.peft_options or "").split(",")):
+        key, sep, raw = pair.partition("=")
+        if not sep or key.strip() not in fields:
+            raise ValueError(
+                f"--peft_options {args.peft_options!r}: {pair!r} is not KEY=VALUE with KEY a field of "
+                f"{config_class.__name__} ({', '.join(sorted(fields))})."
+            )
+        out[key.strip()] = _literal(raw.strip())
+    return out
+
+
+def _literal(raw: str):
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def _peer(config_class: type):
+    """A PEFT method that this package trains as PEFT configures it: its options, the targets, the head saved."""
+
+    def build(args: ModelArguments, targets: list[str]) -> PeftConfig:
+        options = _options(args, config_class)
+        if config_class is peft.IA3Config:  # (IA)³ scales the input of the MLP's output layer, as its paper does
+            options.setdefault("feedforward_modules", [t for t in targets if t in FEEDFORWARD_OUTPUTS])
+        return config_class(**options, target_modules=targets, modules_to_save=[HEAD])
+
+    return build
+
+
+FEEDFORWARD_OUTPUTS = ("fc2", "output.dense", "mlp.fc2", "down_proj")
+
+
+# Tiny-adapter peers of KAdaptation in peft 0.21 (issue 29): name -> (config class, what trains, default learning rate,
+# grid). The grids are centred on what their papers and PEFT's documentation train with (vector-scaling methods far
+# above LoRA's rates) and widened by the bench's edge extension; they are a starting point until the study has chosen.
+PEERS = {
+    "vera": (peft.VeraConfig, "VeRA scaling vectors (frozen shared random projections) and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+    "pvera": (peft.PveraConfig, "PVeRA scaling vectors and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+    "fourierft": (peft.FourierFTConfig, "FourierFT spectral coefficients and the head", 3e-2, (1e-2, 3e-2, 1e-1)),
+    "vblora": (peft.VBLoRAConfig, "VB-LoRA's vector bank and logits, and the head", 3e-3, (1e-3, 3e-3, 1e-2)),
+    "loha": (peft.LoHaConfig, "LoHa (Hadamard) factors and the head", 3e-3, (1e-3, 3e-3, 1e-2)),
+    "ia3": (peft.IA3Config, "(IA)³ scaling vectors and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+    "oft": (peft.OFTConfig, "OFT orthogonal blocks and the head", 1e-3, (3e-4, 1e-3, 3e-3)),
+    "lily": (peft.LilyConfig, "Lily's shared factors and the head", 3e-3, (1e-3, 3e-3, 1e-2)),
+    "tinylora": (peft.TinyLoraConfig, "TinyLoRA vectors (frozen random projections) and the head", 3e-3, (1e-3, 3e-3, 1e-2)),
+    "c3a": (peft.C3AConfig, "C3A circulant kernels and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+}  # fmt: skip
+for _name, (_cls, _trains, _lr, _grid) in PEERS.items():
+    METHODS[_name] = Method(
+        _name, _trains, _lr, _grid, _peer(_cls), peft_type=_name.upper(), options_class=_cls, quick_learning_rate=_lr
+    )
+
+
 def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"`method` must be one of {tuple(METHODS)}, got {name!r}.")
@@ -222,10 +292,20 @@ VARIANT_KEYS = {
 def parse_variant(variant: str, **defaults) -> ModelArguments:
     """`"kadaptation n=32 slow_rank=1"` -> `ModelArguments(method="kadaptation", kadapt_n=32, kadapt_slow_rank=1)`.
 
-    `targets` takes module names joined by `+`. `defaults` (e.g. `model_name_or_path=...`) fill the other fields.
+    `targets` takes module names joined by `+`. `defaults` (e.g. `model_name_or_path=...`) fill the other fields. For
+    the peer methods (`vera r=256`, `loha r=4 alpha=8`) the keys are their PEFT config's fields.
     """
     name, *pairs = variant.split()
-    keys = VARIANT_KEYS[get_method(name).name]
+    method = get_method(name)
+    if method.options_class is not None:
+        options = [p for p in pairs if not p.startswith("targets=")]
+        targets = [p.partition("=")[2] for p in pairs if p.startswith("targets=")]
+        base = replace(ModelArguments(**defaults), method=name, peft_options=",".join(options) or None)
+        if targets:
+            base = replace(base, target_modules=targets[-1].replace("+", ","))
+        _options(base, method.options_class)  # errors now, naming the variant's key
+        return base
+    keys = VARIANT_KEYS[method.name]
     types = typing.get_type_hints(ModelArguments)  # resolved types (HfArgumentParser rewrites `Field.type` in place)
     values = {}
     for pair in pairs:

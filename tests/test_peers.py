@@ -1,0 +1,49 @@
+"""The tiny-adapter peers of KAdaptation in peft 0.21, as rows of the method table: each one is built from a variant,
+trains a step on a tiny ViT with transformers 5 names, and reports its adapter parameters by the study's rule."""
+
+import pytest
+import torch
+
+from peft_kadapt.training import HEAD, METHODS, Recipe, build_model, fit, parse_variant
+from peft_kadapt.training.methods import PEERS
+
+
+# options that fit a 32-wide tiny ViT (PEFT's defaults are sized for real models: VB-LoRA's 256-long vectors, C3A's
+# 256 blocks, ... must divide the layer widths)
+TINY = {
+    "vera": "vera r=8",
+    "pvera": "pvera r=8",
+    "fourierft": "fourierft n_frequency=64",
+    "vblora": "vblora r=2 num_vectors=16 vector_length=8",
+    "loha": "loha r=2 alpha=4",
+    "ia3": "ia3",
+    "oft": "oft oft_block_size=8",
+    "lily": "lily r=4",
+    "tinylora": "tinylora r=2 u=4",
+    "c3a": "c3a block_size=8",
+}
+
+
+def test_every_peer_is_a_row_of_the_method_table():
+    assert set(TINY) == set(PEERS) and set(PEERS) <= set(METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_peer_builds_and_trains_a_step(name, tiny_backbone):
+    spec = parse_variant(TINY[name] + " targets=q_proj+v_proj", model_name_or_path=tiny_backbone)
+    torch.manual_seed(0)
+    model, is_peft = build_model(spec, ["a", "b", "c"])
+    assert is_peft and model.peft_config["default"].peft_type.value == METHODS[name].peft_type
+    adapter = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." not in n}
+    assert adapter, "no trainable adapter parameter"
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 3
+    losses = []
+    fit(model, x, y, Recipe(METHODS[name].learning_rate, 2, batch_size=8), on_step=lambda s, loss: losses.append(loss))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    moved = [n for n, p in model.named_parameters() if n in adapter and not torch.equal(p.detach(), adapter[n])]
+    assert moved, "the adapter did not train"
+
+
+def test_a_key_the_peer_does_not_have_is_named():
+    with pytest.raises(ValueError, match=r"'rank=4' is not KEY=VALUE with KEY a field of LoHaConfig"):
+        parse_variant("loha rank=4")
