@@ -3,25 +3,10 @@ trains a step on a tiny ViT with transformers 5 names, and reports its adapter p
 
 import pytest
 import torch
+from tiny_peers import TINY
 
 from peft_kadapt.training import HEAD, METHODS, Recipe, build_model, fit, parse_variant
 from peft_kadapt.training.methods import PEERS
-
-
-# options that fit a 32-wide tiny ViT (PEFT's defaults are sized for real models: VB-LoRA's 256-long vectors, C3A's
-# 256 blocks, ... must divide the layer widths)
-TINY = {
-    "vera": "vera r=8",
-    "pvera": "pvera r=8",
-    "fourierft": "fourierft n_frequency=64",
-    "vblora": "vblora r=2 num_vectors=16 vector_length=8",
-    "loha": "loha r=2 alpha=4",
-    "ia3": "ia3",
-    "oft": "oft oft_block_size=8",
-    "lily": "lily r=4",
-    "tinylora": "tinylora r=2 u=4",
-    "c3a": "c3a block_size=8",
-}
 
 
 def test_every_peer_is_a_row_of_the_method_table():
@@ -47,3 +32,12 @@ def test_peer_builds_and_trains_a_step(name, tiny_backbone):
 def test_a_key_the_peer_does_not_have_is_named():
     with pytest.raises(ValueError, match=r"'rank=4' is not KEY=VALUE with KEY a field of LoHaConfig"):
         parse_variant("loha rank=4")
+
+
+def test_a_peer_that_does_not_fit_the_model_names_the_flag_that_sizes_it(tiny_backbone):
+    # C3A's default 256-wide blocks cannot divide the tiny ViT's 32 features
+    spec = parse_variant("c3a targets=q_proj+v_proj", model_name_or_path=tiny_backbone)
+    with pytest.raises(
+        ValueError, match=r"--method c3a does not fit .* block size .* --peft_options KEY=VALUE.*C3AConfig"
+    ):
+        build_model(spec, ["a", "b"])

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_peers import peer_options
 
 from peft_kadapt.training.cli import main as kadapt
 from peft_kadapt.training.methods import METHODS
@@ -70,7 +71,17 @@ METHOD_NAMES = list(METHODS)
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_resume_reproduces_the_uninterrupted_run(method, tiny_backbone, tmp_path):
-    common = ("--method", method, "--lr_scheduler_type", "constant", "--seed", "1", "--learning_rate", "1e-3")
+    common = (
+        "--method",
+        method,
+        *peer_options(method),
+        "--lr_scheduler_type",
+        "constant",
+        "--seed",
+        "1",
+        "--learning_rate",
+        "1e-3",
+    )
     kadapt(train_args(tiny_backbone, tmp_path / "full", *common, "--num_train_epochs", "4"))
     kadapt(train_args(tiny_backbone, tmp_path / "part", *common, "--num_train_epochs", "2"))
     checkpoint = sorted((tmp_path / "part").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
@@ -101,6 +112,7 @@ def test_the_saved_model_is_exactly_the_selected_checkpoint(method, tiny_backbon
             tmp_path,
             "--method",
             method,
+            *peer_options(method),
             "--num_train_epochs",
             "3",
             "--learning_rate",

@@ -266,7 +266,15 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[nn.Module, boo
             param.requires_grad = method.trainable(name)
         return model, False
     targets = None if args.kadapt_config else target_modules(args, model)
-    return get_peft_model(model, method.peft_config(args, targets)), True
+    try:
+        return get_peft_model(model, method.peft_config(args, targets)), True
+    except ValueError as error:
+        if method.options_class is None:
+            raise
+        raise ValueError(
+            f"--method {method.name} does not fit {args.model_name_or_path} as configured: {error} Size it with "
+            f"--peft_options KEY=VALUE,... (fields of {method.options_class.__name__})."
+        ) from error
 
 
 # Variants: "METHOD key=value ..." -> ModelArguments. Keys common to several methods map by method.
