@@ -23,7 +23,7 @@ import math
 import re
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ from .flags import comma_floats, comma_ints, require_counts, require_learning_ra
 from .logs import setup_logging
 from .methods import HEAD
 from .outputs import claim_output_dir, write_atomically
+from .records import append_records, read_records
 
 
 logger = logging.getLogger(__name__)
@@ -97,44 +98,70 @@ def parse_groups(specs: list[str] | None) -> dict[str, str]:
     return groups
 
 
-RUN_SETTINGS = (
-    "model_name_or_path",
-    "dataset_name",
-    "shots",
-    "val_per_class",
-    "test_per_class",
-    "resolution",
-    "steps",
-    "batch_size",
-    "lr",
-    "lr_ref_d",
-)
+@dataclass(frozen=True)
+class SweepSettings:
+    """What decides a run's outcome besides its group, d or learning rate, and seed (the records' identity; the head
+    starts from the first seed)."""
+
+    model_name_or_path: str
+    dataset_name: str
+    shots: int
+    val_per_class: int
+    test_per_class: int
+    resolution: int
+    steps: int
+    batch_size: int
+    lr: float
+    lr_ref_d: int
+    head_seed: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, seeds: list[int]) -> SweepSettings:
+        names = [f.name for f in fields(cls) if f.name != "head_seed"]
+        return cls(**{k: getattr(args, k) for k in names}, head_seed=seeds[0])
 
 
-def run_identity(args: argparse.Namespace, seeds: list[int]) -> dict:
-    """What decides a run's outcome besides its group, d or learning rate, and seed (the head starts from seeds[0])."""
-    return {**{k: getattr(args, k) for k in RUN_SETTINGS}, "head_seed": seeds[0]}
+@dataclass
+class SweepRecord:
+    """One run of a sweep: a subspace run of size d ("subspace") or a full fine-tuning reference at one learning rate
+    ("full"), for one group (with the regex that defined it) and sampling seed."""
+
+    kind: str
+    group: str
+    regex: str
+    seed: int
+    accuracy: float  # validation
+    test_accuracy: float
+    seconds: float
+    settings: dict
+    d: int | None = None
+    D: int | None = None
+    learning_rate: float | None = None
+
+    @property
+    def key(self) -> tuple:
+        return self.kind, self.group, self.d if self.kind == "subspace" else self.learning_rate, self.seed
+
+    def report(self) -> dict:
+        """The run as intrinsic_dim.json lists it (without the settings, which the file states once)."""
+        return {k: v for k, v in asdict(self).items() if k != "settings" and v is not None}
 
 
-def previous_runs(output_dir: Path, identity: dict, groups: dict[str, str]) -> dict[tuple, dict]:
+def previous_runs(output_dir: Path, settings: SweepSettings, groups: dict[str, str]) -> dict[tuple, SweepRecord]:
     """Runs recorded in `output_dir` (runs.jsonl, and a finished intrinsic_dim.json) with these settings, by key:
     ("subspace", group, d, seed) or ("full", group, learning rate, seed). A group counts only with the same regex."""
-    found = []
+    found = [r for r in read_records(output_dir / RUNS, SweepRecord) if r.settings == asdict(settings)]
     if (output_dir / "intrinsic_dim.json").exists():
         done = json.loads((output_dir / "intrinsic_dim.json").read_text())
-        settings = done["settings"]
-        same = {**{k: settings.get(k) for k in RUN_SETTINGS}, "head_seed": done["seeds"][0]} == identity
-        found += [{"kind": "subspace", **r, "regex": done["groups"][r["group"]]} for r in done["runs"] if same] + [
-            {**r, "regex": done["groups"][r["group"]]} for r in done.get("reference_runs", []) if same
-        ]
-    if (output_dir / "runs.jsonl").exists():
-        lines = (output_dir / "runs.jsonl").read_text().splitlines()
-        found += [r for r in map(json.loads, lines) if r.pop("settings") == identity]
-    return {_run_key(r): r for r in found if groups.get(r["group"]) == r["regex"]}
+        names = [f.name for f in fields(SweepSettings) if f.name != "head_seed"]
+        finished = {**{k: done["settings"].get(k) for k in names}, "head_seed": done["seeds"][0]}
+        if finished == asdict(settings):
+            runs = [{"kind": "subspace", **r} for r in done["runs"]] + done.get("reference_runs", [])
+            found += [SweepRecord(**{"regex": done["groups"][r["group"]], **r, "settings": finished}) for r in runs]
+    return {r.key: r for r in found if groups.get(r.group) == r.regex}
 
 
-def _run_key(r: dict) -> tuple:
-    return (r["kind"], r["group"], r["d"] if r["kind"] == "subspace" else r["learning_rate"], r["seed"])
+RUNS = "runs.jsonl"
 
 
 def subspace_run(model, names, d, data, recipe, extra, scale: float, head: list[str]) -> tuple[float, float]:
@@ -276,15 +303,14 @@ def run_sweep(args: argparse.Namespace) -> dict:
 def run_planned(plan: SweepPlan, output_dir: Path) -> tuple[list[RunResult], list[dict]]:
     """Every (seed, group, d) subspace run and every reference run not recorded yet in `runs.jsonl`, each recorded as
     it finishes (a stopped sweep resumes)."""
-    args, identity = plan.args, run_identity(plan.args, plan.seeds)
-    previous = previous_runs(output_dir, identity, plan.groups)
+    args, settings = plan.args, SweepSettings.from_args(plan.args, plan.seeds)
+    previous = previous_runs(output_dir, settings, plan.groups)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    def record(run: dict) -> dict:
-        run = {**run, "regex": plan.groups[run["group"]]}
-        with open(output_dir / "runs.jsonl", "a") as f:
-            f.write(json.dumps({**run, "settings": identity}) + "\n")
-        return run
+    def record(**run) -> SweepRecord:
+        new = SweepRecord(**run, regex=plan.groups[run["group"]], settings=asdict(settings))
+        append_records(output_dir / RUNS, [new])
+        return new
 
     results, reference_runs = [], []
     for seed in tqdm(plan.seeds, desc="seeds"):
@@ -294,7 +320,7 @@ def run_planned(plan: SweepPlan, output_dir: Path) -> tuple[list[RunResult], lis
         data = [to_tensors(splits[s], plan.transform) for s in ("train", "validation", "test")]
         for g in tqdm(plan.groups, desc="groups", leave=False):
             results += _subspace_runs(plan, g, seed, data, previous, record)
-            reference_runs += _reference_runs(plan, g, seed, data, previous, record)
+            reference_runs += [r.report() for r in _reference_runs(plan, g, seed, data, previous, record)]
     return results, reference_runs
 
 
@@ -314,17 +340,23 @@ def _subspace_runs(plan: SweepPlan, g: str, seed: int, data, previous: dict, rec
                 )
             seconds = round(time.perf_counter() - t, 1)
             previous[key] = record(
-                {"kind": "subspace", "group": g, "d": d, "D": plan.sizes[g], "accuracy": val, "seconds": seconds}
-                | {"test_accuracy": test, "seed": seed}
+                kind="subspace",
+                group=g,
+                d=d,
+                D=plan.sizes[g],
+                accuracy=val,
+                seconds=seconds,
+                test_accuracy=test,
+                seed=seed,
             )
             logger.info("seed %d %s d=%d: validation %.4f, test %.4f", seed, g, d, val, test)
         r = previous[key]
-        head_only = (r["accuracy"], r["test_accuracy"]) if d == 0 else head_only
-        results.append(RunResult(g, d, plan.sizes[g], r["accuracy"], r["seconds"], r["test_accuracy"], seed))
+        head_only = (r.accuracy, r.test_accuracy) if d == 0 else head_only
+        results.append(RunResult(g, d, plan.sizes[g], r.accuracy, r.seconds, r.test_accuracy, seed))
     return results
 
 
-def _reference_runs(plan: SweepPlan, g: str, seed: int, data, previous: dict, record) -> list[dict]:
+def _reference_runs(plan: SweepPlan, g: str, seed: int, data, previous: dict, record) -> list[SweepRecord]:
     args, runs = plan.args, []
     for lr in plan.full_lrs:
         key = ("full", g, lr, seed)
@@ -333,9 +365,9 @@ def _reference_runs(plan: SweepPlan, g: str, seed: int, data, previous: dict, re
             head_lr = ((HEAD + ".", args.lr),)  # the head trains as in every subspace run
             full = Recipe(lr, args.steps, args.batch_size, 0.0, seed=seed, prefix_learning_rates=head_lr)
             val, test = full_run(plan.model, plan.group_names[g], data, full, plan.extra, plan.head)
+            seconds = round(time.perf_counter() - t, 1)
             previous[key] = record(
-                {"kind": "full", "group": g, "learning_rate": lr, "accuracy": val, "test_accuracy": test}
-                | {"seconds": round(time.perf_counter() - t, 1), "seed": seed}
+                kind="full", group=g, learning_rate=lr, accuracy=val, test_accuracy=test, seconds=seconds, seed=seed
             )
             logger.info("seed %d %s full fine-tuning, lr %g: validation %.4f", seed, g, lr, val)
         runs.append(previous[key])

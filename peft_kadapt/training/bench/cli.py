@@ -28,11 +28,11 @@ from ..flags import comma_floats, comma_ints, require_counts, require_learning_r
 from ..logs import setup_logging
 from ..methods import build_model, get_method, parse_variant
 from ..outputs import claim_output_dir, write_atomically
+from ..records import append_records
 from .profiling import speed_table
 from .protocol import (
     BenchSettings,
     Candidate,
-    append_records,
     cached_dataset,
     check_split,
     default_grid,

@@ -35,6 +35,7 @@ from ..backbones import image_normalization, pos_encoding_kwargs
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
 from ..engine import Recipe, evaluate, fit
 from ..methods import HEAD, METHODS, build_model, get_method, parse_variant
+from ..records import read_records as read_typed_records
 
 
 @dataclass(frozen=True)
@@ -411,25 +412,5 @@ def superseding(records: list[RunRecord]) -> list[RunRecord]:
 
 
 def read_records(path: Path) -> list[RunRecord]:
-    """The records of a JSON-lines file (one `RunRecord` per line); [] when it does not exist."""
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(RunRecord(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as error:
-                raise ValueError(
-                    f"{path}, line {number}: not a benchmark record ({error}). Remove or repair that line."
-                ) from None
-    return records
-
-
-def append_records(path: Path, records: list[RunRecord]) -> None:
-    """Append records, one JSON line each, flushed at once (a study can stop and resume at any point)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for record in records:
-            f.write(json.dumps(asdict(record)) + "\n")
-        f.flush()
+    """The benchmark records of a JSON-lines file; [] when it does not exist."""
+    return read_typed_records(path, RunRecord)
