@@ -56,6 +56,31 @@ def test_examples_import_only_the_public_api(script):
             assert module == "peft_kadapt" and set(names) <= {"KAdaptationConfig"}, f"{script.name}: {module} {names}"
 
 
+def test_the_accelerate_example_trains_with_the_package_recipe_by_default(monkeypatch):
+    # one recipe: the engine's Recipe defaults are the Accelerate example's (which may not import them) and
+    # kadapt train's
+    from peft_kadapt.training import Recipe
+    from peft_kadapt.training.run_image_classification import parse_args as kadapt_train_args
+
+    namespace = {}
+    exec(compile(NO_TRAINER.read_text(), str(NO_TRAINER), "exec"), namespace)
+    monkeypatch.setattr(sys, "argv", ["x", "--model_name_or_path", "m", "--train_dir", "d"])
+    example = namespace["parse_args"]()
+    *_, trainer = kadapt_train_args(["--output_dir", "o"])
+    for recipe_field, example_flag, trainer_field in [
+        ("batch_size", "per_device_train_batch_size", "per_device_train_batch_size"),
+        ("weight_decay", "weight_decay", "weight_decay"),
+        ("lr_scheduler_type", "lr_scheduler_type", "lr_scheduler_type"),
+        ("warmup_steps", "num_warmup_steps", "warmup_steps"),
+        ("max_grad_norm", "max_grad_norm", "max_grad_norm"),
+        ("seed", "seed", "seed"),
+    ]:
+        expected = getattr(Recipe, recipe_field)
+        assert getattr(example, example_flag) == expected, example_flag
+        value = getattr(trainer, trainer_field)
+        assert getattr(value, "value", value) == expected, trainer_field  # the scheduler is an enum there
+
+
 def test_examples_folder_holds_no_symlink():
     links = [p for p in EXAMPLES.rglob("*") if p.is_symlink()]
     assert not links, links

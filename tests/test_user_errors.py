@@ -297,15 +297,15 @@ ROWS = [
     (convert_dinov2_flags("--image_size", "0"), ValueError, ["--image_size 0", "multiple of the patch size 14"]),
     (convert_dinov2_flags("--output_dir", "TMP/a_file"), ValueError, ["a_file is a file", "pass a folder"]),
     (train_flags("--shots", "-5"), ValueError, ["--shots must be 0 or more", "0 = every training image", "-5"]),
-    (train_flags("--val_shots", "0"), ValueError, ["--val_shots must be 1 or more", "leave it out"]),
-    (train_flags("--resolution", "-1"), ValueError, ["--resolution must be 1 or more"]),
+    (train_flags("--val_shots", "0"), ValueError, ["--val_shots 0: expected 1 or more", "leave it out"]),
+    (train_flags("--resolution", "-1"), ValueError, ["--resolution -1: expected 1 or more"]),
     (train_flags("--val_shots", "2", "--val_pool", "5"), ValueError, ["--val_shots and --val_pool", "pass one"]),
     (train_flags("--learning_rate", "0"), ValueError, ["--learning_rate must be above 0", "method's default"]),
     (train_flags("--num_train_epochs", "0"), ValueError, ["--num_train_epochs must be above 0", "--max_steps"]),
     (
         train_flags("--per_device_train_batch_size", "0"),
         ValueError,
-        ["--per_device_train_batch_size must be 1 or more"],
+        ["--per_device_train_batch_size 0: expected 1 or more"],
     ),
     # network
     (push_without_network, HubUnreachableError, ["someone/x", "HF_ENDPOINT", "HF_HUB_OFFLINE=1", "HF_TOKEN"]),

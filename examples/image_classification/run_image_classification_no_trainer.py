@@ -59,6 +59,7 @@ def parse_args():
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping (0: none).")
     parser.add_argument("--num_train_epochs", type=int, default=3)
     parser.add_argument("--max_train_steps", type=int, default=None, help="If set, overrides --num_train_epochs.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
@@ -207,6 +208,8 @@ def main():
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()

@@ -24,7 +24,7 @@ from .backbones import (
 )
 from .data import OFFLINE_DATASETS, few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, Scores, evaluate, fit
-from .methods import HEAD, METHODS, Method, ModelArguments, build_model, get_method, parse_variant
+from .methods import HEAD, METHODS, Method, ModelArguments, build_model, get_method, is_head, parse_variant
 from .metrics import load_accuracy
 from .outputs import claim_output_dir, load_checkpoint_weights, staged, write_atomically
 from .plotting import plot_training_curve
@@ -53,6 +53,7 @@ __all__ = [
     "get_method",
     "image_normalization",
     "image_transform",
+    "is_head",
     "load_image_dataset",
     "parse_variant",
     "plot_training_curve",

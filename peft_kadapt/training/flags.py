@@ -29,12 +29,14 @@ def comma_floats(text: str, flag: str, meaning: str) -> list[float]:
     return values
 
 
-def require_counts(args: argparse.Namespace, flags: tuple[str, ...], minimum: int = 1) -> None:
-    """Each of `flags` (attribute names of `args`) counts images, pixels, steps or processes: `minimum` or more."""
+def require_counts(args, flags: tuple[str, ...], minimum: int = 1, hint: str = "") -> None:
+    """Each of `flags` (attributes of `args`: a namespace or an arguments dataclass) counts images, pixels, steps or
+    processes: `minimum` or more, or None where the flag was left out for its default (the one count check). `hint`
+    ends the message (e.g. "; leave it out for the default")."""
     for flag in flags:
         value = getattr(args, flag)
-        if value < minimum:
-            raise ValueError(f"--{flag} {value}: expected {minimum} or more.")
+        if value is not None and value < minimum:
+            raise ValueError(f"--{flag} {value}: expected {minimum} or more{hint}.")
 
 
 def require_learning_rates(args: argparse.Namespace, flags: tuple[str, ...]) -> None:

@@ -37,7 +37,7 @@ from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, evaluate, fit
 from .flags import comma_floats, comma_ints, require_counts, require_learning_rates
 from .logs import setup_logging
-from .methods import HEAD
+from .methods import HEAD, is_head
 from .outputs import claim_output_dir, write_atomically
 from .records import append_records, read_records
 
@@ -45,14 +45,41 @@ from .records import append_records, read_records
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SweepSettings:
+    """What decides a run's outcome besides its group, d or learning rate, and seed (the records' identity; the head
+    starts from the first seed)."""
+
+    model_name_or_path: str = DINOV2_SMALL_ALIAS
+    dataset_name: str = "mnist5k"
+    shots: int = 10
+    val_per_class: int = 10
+    test_per_class: int = 20
+    resolution: int = 56
+    steps: int = 50
+    batch_size: int = 20
+    lr: float = 1e-2
+    lr_ref_d: int = 100
+    head_seed: int = 0  # the first sampling seed (no flag of its own)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, seeds: list[int]) -> SweepSettings:
+        names = [f.name for f in fields(cls) if f.name != "head_seed"]
+        return cls(**{k: getattr(args, k) for k in names}, head_seed=seeds[0])
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="kadapt intrinsic-dim", description=__doc__)
-    p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
-    p.add_argument("--dataset_name", default="mnist5k")
-    p.add_argument("--shots", type=int, default=10, help="training images per class")
-    p.add_argument("--val_per_class", type=int, default=10, help="validation images per class (outside the shots)")
-    p.add_argument("--test_per_class", type=int, default=20, help="test images per class (held out; reported only)")
-    p.add_argument("--resolution", type=int, default=56)
+    p, S = argparse.ArgumentParser(prog="kadapt intrinsic-dim", description=__doc__), SweepSettings  # defaults once
+    p.add_argument("--model_name_or_path", default=S.model_name_or_path)
+    p.add_argument("--dataset_name", default=S.dataset_name)
+    p.add_argument("--shots", type=int, default=S.shots, help="training images per class")
+    p.add_argument(
+        "--val_per_class", type=int, default=S.val_per_class, help="validation images per class (outside the shots)"
+    )
+    p.add_argument(
+        "--test_per_class", type=int, default=S.test_per_class, help="test images per class (held out; reported only)"
+    )
+    p.add_argument("--resolution", type=int, default=S.resolution)
     p.add_argument("--dims", default="0,10,100,1000,10000", help="comma-separated d values (0 = head only)")
     p.add_argument(
         "--group",
@@ -67,10 +94,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="best",
         help="d90 reference: the best validation accuracy over d for the group, or full fine-tuning of the group",
     )
-    p.add_argument("--steps", type=int, default=50, help="optimiser steps per run")
-    p.add_argument("--batch_size", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-2, help="for the head, and for θ_d at d = --lr_ref_d")
-    p.add_argument("--lr_ref_d", type=int, default=100, help="d above which θ_d's step is scaled by sqrt(ref/d)")
+    p.add_argument("--steps", type=int, default=S.steps, help="optimiser steps per run")
+    p.add_argument("--batch_size", type=int, default=S.batch_size)
+    p.add_argument("--lr", type=float, default=S.lr, help="for the head, and for θ_d at d = --lr_ref_d")
+    p.add_argument(
+        "--lr_ref_d", type=int, default=S.lr_ref_d, help="d above which θ_d's step is scaled by sqrt(ref/d)"
+    )
     p.add_argument(
         "--full_lr",
         default="1e-5,3e-5,1e-4",
@@ -96,29 +125,6 @@ def parse_groups(specs: list[str] | None) -> dict[str, str]:
             raise ValueError(f"--group {spec!r}: {regex!r} is not a valid regular expression ({error}).") from None
         groups[name] = regex
     return groups
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    """What decides a run's outcome besides its group, d or learning rate, and seed (the records' identity; the head
-    starts from the first seed)."""
-
-    model_name_or_path: str
-    dataset_name: str
-    shots: int
-    val_per_class: int
-    test_per_class: int
-    resolution: int
-    steps: int
-    batch_size: int
-    lr: float
-    lr_ref_d: int
-    head_seed: int
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, seeds: list[int]) -> SweepSettings:
-        names = [f.name for f in fields(cls) if f.name != "head_seed"]
-        return cls(**{k: getattr(args, k) for k in names}, head_seed=seeds[0])
 
 
 @dataclass
@@ -266,7 +272,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         model=model,
         transform=image_transform(*image_normalization(args.model_name_or_path), args.resolution),
         extra=pos_encoding_kwargs(model, args.resolution),
-        head=[n for n, _ in model.named_parameters() if n.startswith(HEAD + ".")],
+        head=[n for n, _ in model.named_parameters() if is_head(n)],
         group_names=group_names,
         sizes=sizes,
     )

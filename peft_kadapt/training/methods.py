@@ -124,8 +124,9 @@ def _saved_kadaptation_config(path: str) -> KAdaptationConfig:
     return config
 
 
-def _is_head(name: str) -> bool:
-    return name.startswith(HEAD + ".")
+def is_head(name: str) -> bool:
+    """Whether a parameter of the classifier, or of a PEFT model wrapping it, belongs to the new head (the one rule)."""
+    return name.removeprefix("base_model.model.").startswith(HEAD + ".")
 
 
 # Each grid is centred on the rate validation chose most often in the few-shot studies of docs/results.md (50 steps,
@@ -168,7 +169,7 @@ METHODS: dict[str, Method] = {
         "the head only (linear probe)",
         1e-2,
         (3e-3, 1e-2, 3e-2),
-        trainable=_is_head,
+        trainable=is_head,
         quick_learning_rate=1e-2,
     ),
     "bitfit": Method(
@@ -176,7 +177,7 @@ METHODS: dict[str, Method] = {
         "every bias and the head",
         1e-3,
         (3e-4, 1e-3, 3e-3),
-        trainable=lambda name: _is_head(name) or name.endswith(".bias"),
+        trainable=lambda name: is_head(name) or name.endswith(".bias"),
     ),
     "full": Method("full", "every parameter", 1e-5, (3e-6, 1e-5, 3e-5), trainable=lambda name: True),
 }

@@ -29,9 +29,9 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from peft_kadapt.hub import write_model_card
 from peft_kadapt.training import (
-    HEAD,
     METHODS,
     ModelArguments,
+    Recipe,
     build_model,
     check_resolution,
     claim_output_dir,
@@ -39,6 +39,7 @@ from peft_kadapt.training import (
     get_method,
     image_normalization,
     image_transform,
+    is_head,
     load_accuracy,
     load_checkpoint_weights,
     load_image_dataset,
@@ -46,18 +47,14 @@ from peft_kadapt.training import (
     pos_encoding_kwargs,
     staged,
 )
+from peft_kadapt.training.flags import require_counts
 from peft_kadapt.training.logs import setup_logging
 
 
 logger = logging.getLogger(__name__)
 
 
-def _require_one_or_more(arguments, flags: tuple[str, ...]) -> None:
-    """Each of `flags` (fields of an arguments dataclass) is 1 or more, or None where left out for its default."""
-    for flag in flags:
-        value = getattr(arguments, flag)
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag} must be 1 or more, got {value}; leave it out for the default.")
+LEAVE_OUT = "; leave it out for the default"
 
 
 @dataclass
@@ -91,7 +88,7 @@ class DataTrainingArguments:
                 f"--shots must be 0 or more (images per class, validation included; 0 = every training image), "
                 f"got {self.shots}."
             )
-        _require_one_or_more(self, ("val_shots", "val_pool", "test_per_class", "resolution"))
+        require_counts(self, ("val_shots", "val_pool", "test_per_class", "resolution"), hint=LEAVE_OUT)
         if self.val_shots is not None and self.val_pool is not None:
             raise ValueError(
                 "--val_shots and --val_pool are alternatives (validation carved from the shots, or drawn outside "
@@ -108,10 +105,15 @@ class ImageClassificationTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Peak learning rate (default: the method's, from the method table)."}
     )
     num_train_epochs: float = field(default=15.0, metadata={"help": "Training epochs."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
+    # the recipe's defaults (one place: the engine's Recipe, also the Accelerate example's, checked by a test)
+    per_device_train_batch_size: int = field(
+        default=Recipe.batch_size, metadata={"help": "Training batch size per device."}
+    )
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norms)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    weight_decay: float = field(
+        default=Recipe.weight_decay, metadata={"help": "AdamW weight decay (not on biases and norms)."}
+    )
+    lr_scheduler_type: str = field(default=Recipe.lr_scheduler_type, metadata={"help": "Learning-rate schedule."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint."})
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
@@ -141,7 +143,7 @@ class ImageClassificationTrainingArguments(TrainingArguments):
             )
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError(f"--num_train_epochs must be above 0 (or pass --max_steps), got {self.num_train_epochs}.")
-        _require_one_or_more(self, ("per_device_train_batch_size", "per_device_eval_batch_size"))
+        require_counts(self, ("per_device_train_batch_size", "per_device_eval_batch_size"), hint=LEAVE_OUT)
         if not torch.cuda.is_available():  # pinned memory only helps copies to a GPU; without one torch warns
             self.dataloader_pin_memory = False
         super().__post_init__()
@@ -338,7 +340,7 @@ def collect_metrics(model_args, data_args, training_args, model, is_peft, splits
         "validation_accuracy": validation["validation_accuracy"],
         "test_accuracy": test["test_accuracy"],
         "trainable_parameters": trainable,
-        "head_parameters": sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." in n),
+        "head_parameters": sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and is_head(n)),
         "total_parameters": sum(p.numel() for p in model.parameters()),
         "saved_file": weights.name,
         "saved_file_bytes": weights.stat().st_size if weights.exists() else None,

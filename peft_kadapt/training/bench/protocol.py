@@ -34,7 +34,7 @@ import torch
 from ..backbones import image_normalization, pos_encoding_kwargs
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
 from ..engine import Recipe, evaluate, fit
-from ..methods import HEAD, METHODS, build_model, get_method, parse_variant
+from ..methods import HEAD, METHODS, build_model, get_method, is_head, parse_variant
 from ..records import read_records as read_typed_records
 
 
@@ -314,7 +314,7 @@ def run_variant(
 
 def _record(variant, split, settings, grid_dicts, best, test, test_images, model, is_peft, seconds, wall) -> RunRecord:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." in n)
+    head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and is_head(n))
     dataset, shots, seed = split
     return RunRecord(
         dataset=dataset,
