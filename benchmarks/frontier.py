@@ -33,7 +33,7 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 REFERENCES = ("linear", "bitfit", "full")
 # KAdaptation variants name their parametrisation: the study's records before 2026-12-06 trained under what is now
-# "legacy" and carry names without it (`benchmarks/tables.py` labels them so)
+# "legacy" and carry names without it; they are read as "... parametrization=legacy ..." (RunRecord)
 PARAMETRIZATION = "parametrization=lora_matched"
 DEFAULT = f"kadaptation n=8 r=1 {PARAMETRIZATION} targets=q_proj+v_proj"  # the package's default, always included
 TOLERANCE = 1.1  # "about" a budget: up to 10 % over it

@@ -10,7 +10,7 @@ from peft.config import PeftConfig
 from peft.utils import PeftType
 
 from ._registration import ensure_peft_type
-from .parametrization import DEFAULT_ALPHA, PARAMETRIZATIONS
+from .parametrization import DEFAULT_ALPHA, DEFAULT_PARAMETRIZATION, PARAMETRIZATIONS
 
 
 SHARE_SLOW_WEIGHTS = ("per_target", "global", "none")
@@ -215,7 +215,7 @@ class KAdaptationConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.KADAPTATION
         if self.parametrization is None:
-            self.parametrization = "legacy" if from_file else "lora_matched"
+            self.parametrization = "legacy" if from_file else DEFAULT_PARAMETRIZATION
         _require_choice("parametrization", self.parametrization, PARAMETRIZATIONS)
         if self.alpha is None:
             self.alpha = DEFAULT_ALPHA[self.parametrization]

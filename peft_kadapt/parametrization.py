@@ -27,6 +27,7 @@ import math
 
 
 PARAMETRIZATIONS = ("lora_matched", "legacy")
+DEFAULT_PARAMETRIZATION = "lora_matched"  # for new configs; a saved config without the field is "legacy"
 # alpha when none is given: chosen on validation for each parametrisation (docs/kadaptation.md, "Choosing the defaults")
 DEFAULT_ALPHA = {"lora_matched": 16.0, "legacy": 4.0}
 LEGACY_U_STD = 0.1

@@ -54,6 +54,13 @@ def test_smoke_run_writes_records_table_plot_and_speed_and_resumes(tiny_backbone
     kadapt(args)
     records = read_records(out / "records.jsonl")
     assert len(records) == 2 * 2 * 4  # shots x seeds x variants
+    # a KAdaptation variant is recorded with its parametrization named
+    assert {r.variant for r in records} == {
+        "kadaptation n=8 parametrization=lora_matched",
+        "lora r=8",
+        "linear",
+        "bitfit",
+    }
     for r in records:
         assert [g["learning_rate"] for g in r.grid] == list(METHODS[r.method].lr_grid)
         best = max(r.grid, key=lambda g: (g["validation_accuracy"], -g["validation_loss"]))
@@ -63,7 +70,11 @@ def test_smoke_run_writes_records_table_plot_and_speed_and_resumes(tiny_backbone
     speed = json.loads((out / "speed.json").read_text())
     assert speed["lora r=8"]["step_ratio"] == 1.0
     table = (out / "results.md").read_text()
-    assert "| digits | 32 | 5 | kadaptation n=8 |" in table and "± " in table and "step / lora r=8" in table
+    assert (
+        "| digits | 32 | 5 | kadaptation n=8 parametrization=lora_matched |" in table
+        and "± " in table
+        and "step / lora r=8" in table
+    )
     assert "Training step time and memory (32 px, batch 16, cpu):" in table
     assert (out / "pareto.png").stat().st_size > 1000
 
@@ -275,6 +286,26 @@ def test_paired_differences_pair_by_split_and_pool_datasets():
     assert math.isnan(rows[("e", "k")]["interval"])  # one split: no interval
     mean, half = mean_interval([1.0, 3.0])
     assert mean == 2.0 and math.isclose(half, 12.706)  # t(1) · stdev √2 / √2
+
+
+def test_kadaptation_records_name_their_parametrization_and_older_records_read_as_legacy(tmp_path):
+    from peft_kadapt.training.methods import canonical_variant
+
+    assert canonical_variant("kadaptation n=8 targets=q_proj+v_proj") == (
+        "kadaptation n=8 parametrization=lora_matched targets=q_proj+v_proj"
+    )
+    assert canonical_variant("kadaptation") == "kadaptation parametrization=lora_matched"
+    assert canonical_variant("kadaptation parametrization=legacy n=4") == "kadaptation parametrization=legacy n=4"
+    assert canonical_variant("lora r=8 targets=q_proj") == "lora r=8 targets=q_proj"
+    # a record written before the field existed was trained with what is now "legacy", and must not be taken for a
+    # run of today's default (which would skip the run on resume and mix the two in tables)
+    old = {"dataset": "d", "shots": 5, "seed": 0, "variant": "kadaptation n=8 r=1 targets=q_proj+v_proj"}
+    old |= {"method": "kadaptation", "settings": {"model_name_or_path": "m"}, "grid": [], "chosen_lr": 1e-3}
+    old |= {"chosen_alpha": 4.0, "validation_accuracy": 0.5, "test_accuracy": 0.5, "test_images": 10}
+    old |= {"trainable_parameters": 1, "adapter_parameters": 1, "saved_bytes": 1, "train_seconds": 1.0}
+    (tmp_path / "r.jsonl").write_text(json.dumps(old | {"wall_seconds": 1.0}) + "\n")
+    (record,) = read_records(tmp_path / "r.jsonl")
+    assert record.variant == "kadaptation n=8 r=1 parametrization=legacy targets=q_proj+v_proj"
 
 
 def test_records_written_before_a_setting_existed_still_resume():

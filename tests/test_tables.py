@@ -78,10 +78,15 @@ def test_map_averages_the_complete_splits_only(tmp_path, capsys):
 def test_verdict_uses_complete_splits_and_topped_up_records(tmp_path, capsys):
     qv = "targets=q_proj+v_proj"
     records = [record(f"lora r=1 {qv}", s, t, 18_432) for s, t in ((0, 0.50), (1, 0.60), (2, 0.55))]
-    records += [record(f"kadaptation n=8 r=1 {qv}", s, t, 19_456) for s, t in ((0, 0.55), (1, 0.63))]
+    records += [
+        record(f"kadaptation n=8 r=1 parametrization=lora_matched {qv}", s, t, 19_456)
+        for s, t in ((0, 0.55), (1, 0.63))
+    ]
     records += [record(f"lora r=8 {qv}", s, t, 147_456) for s, t in ((0, 0.54), (1, 0.64))]
     records += [record("linear", s, 0.61, 0) for s in (0, 1)]
-    extended = record(f"kadaptation n=8 r=1 {qv}", 0, 0.58, 19_456)  # seed 0 topped up by one extension round
+    extended = record(
+        f"kadaptation n=8 r=1 parametrization=lora_matched {qv}", 0, 0.58, 19_456
+    )  # seed 0 topped up by one extension round
     extended.settings = {**extended.settings, "extend_edges": 1}
     path = tmp_path / "records.jsonl"
     path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in [*records, extended]))
@@ -90,12 +95,17 @@ def test_verdict_uses_complete_splits_and_topped_up_records(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 of 3 splits have a record for every variant" in out  # seed 2 has LoRA r=1 only
     # topped-up seed 0 (0.58) replaces 0.55: differences +0.08, +0.03 against LoRA r=1
-    row = f"| ~20k | kadaptation n=8 r=1 {qv} | lora r=1 {qv} | pooled | 2 | +0.055 ± 0.318 | 2 / 0 / 0 |"
+    row = f"| ~20k | kadaptation n=8 r=1 parametrization=lora_matched {qv} | lora r=1 {qv} | pooled | 2 | +0.055 ± 0.318 | 2 / 0 / 0 |"
     assert row in out
     assert "(lower end -0.263)" in out and "not met" in out
-    assert f"kadaptation n=8 r=1 {qv} (≤ ¼ of lora r=8 {qv}'s adapter parameters) reaches its accuracy" in out
+    assert (
+        f"kadaptation n=8 r=1 parametrization=lora_matched {qv} (≤ ¼ of lora r=8 {qv}'s adapter parameters) reaches its accuracy"
+        in out
+    )
     assert "met (+0.015 ± 0.318 over 2 splits)" in out  # +0.04, -0.01 against LoRA r=8
-    assert f"not met (kadaptation n=8 r=1 {qv} on d k=5)" in out  # 0.605 is not above the linear probe's 0.61
+    assert (
+        f"not met (kadaptation n=8 r=1 parametrization=lora_matched {qv} on d k=5)" in out
+    )  # 0.605 is not above the linear probe's 0.61
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     assert "| linear | 2 | (-, 0.001): 2 | 0 |" in out  # chosen settings: one lr, nothing on an edge
 
@@ -233,8 +243,11 @@ def test_validation_tabulates_what_validation_preferred(tmp_path, capsys):
 
 def test_plot_panels_keep_each_k_apart(tmp_path):
     records = [record("lora r=8", s, t, 147_456) for s, t in ((0, 0.5), (1, 0.7))]
-    records += [record("kadaptation n=8", s, t, 19_456) for s, t in ((0, 0.6), (1, 0.6))]
-    for s, t, variant, adapter in ((0, 0.9, "lora r=8", 147_456), (0, 0.8, "kadaptation n=8", 19_456)):
+    records += [record("kadaptation n=8 parametrization=lora_matched", s, t, 19_456) for s, t in ((0, 0.6), (1, 0.6))]
+    for s, t, variant, adapter in (
+        (0, 0.9, "lora r=8", 147_456),
+        (0, 0.8, "kadaptation n=8 parametrization=lora_matched", 19_456),
+    ):
         k20 = record(variant, s, t, adapter)
         k20.shots = 20
         records.append(k20)
@@ -254,7 +267,12 @@ def test_plot_panels_keep_each_k_apart(tmp_path):
     assert k5[0]["points"][1][:3] == ("lora r=8", 147_456, pytest.approx(0.6))  # not mixed with k = 20's 0.9
     assert k20[0]["title"] == "d, k = 20, 56 px, 1 split" and k20[0]["points"][0][2] == pytest.approx(0.8)
     assert k20[2]["points"] == [
-        ("kadaptation n=8", 19_456, pytest.approx(-0.1), pytest.approx(float("nan"), nan_ok=True))
+        (
+            "kadaptation n=8 parametrization=lora_matched",
+            19_456,
+            pytest.approx(-0.1),
+            pytest.approx(float("nan"), nan_ok=True),
+        )
     ]
     tables.frontier_plot(records, tmp_path / "frontier.png", reference="lora r=8")
     assert (tmp_path / "frontier.png").stat().st_size > 1000

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import KAdaptationConfig, default_target_modules
 from ..hub import read_adapter_config
+from ..parametrization import DEFAULT_PARAMETRIZATION
 from .backbones import DINOV2_SMALL_ALIAS, load_classifier
 
 
@@ -296,6 +297,16 @@ VARIANT_KEYS = {
     "bitfit": {},
     "full": {},
 }
+
+
+def canonical_variant(variant: str, parametrization: str = DEFAULT_PARAMETRIZATION) -> str:
+    """A KAdaptation variant with its parametrization named (`parametrization`, the default, when it names none), so
+    that runs of the two parametrizations never share a name in records; other methods' variants as they are."""
+    name, *pairs = variant.split()
+    if name != "kadaptation" or any(p.startswith("parametrization=") for p in pairs):
+        return variant
+    at = next((i for i, p in enumerate(pairs) if p.startswith("targets=")), len(pairs))
+    return " ".join([name, *pairs[:at], f"parametrization={parametrization}", *pairs[at:]])
 
 
 def parse_variant(variant: str, **defaults) -> ModelArguments:

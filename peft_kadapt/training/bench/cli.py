@@ -26,7 +26,7 @@ from transformers import AutoConfig
 from ..backbones import DINOV2_SMALL_ALIAS, check_resolution, pos_encoding_kwargs, resolve_model
 from ..flags import comma_floats, comma_ints, require_counts, require_learning_rates
 from ..logs import setup_logging
-from ..methods import build_model, get_method, parse_variant
+from ..methods import build_model, canonical_variant, get_method, parse_variant
 from ..outputs import claim_output_dir, write_atomically
 from ..records import append_records
 from .profiling import speed_table
@@ -180,7 +180,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def grids(args) -> dict[str, list[Candidate]]:
     """Variant -> grid points, from the method table, --adapter_lrs, --alphas and --grid."""
-    variants = [v.strip() for v in args.methods.split(",") if v.strip()]
+    # KAdaptation variants name their parametrization in records (`--grid` may use the name as written)
+    written = {canonical_variant(v.strip()): v.strip() for v in args.methods.split(",") if v.strip()}
+    variants = list(written)
     methods = {v: get_method(parse_variant(v).method) for v in variants}  # errors before any training
     alphas = tuple(comma_floats(args.alphas, "--alphas", "adapter scales, e.g. 1,4,16")) if args.alphas else None
     if alphas and args.quick:
@@ -201,8 +203,9 @@ def grids(args) -> dict[str, list[Candidate]]:
                 out[v] = [Candidate(lr, a) for a in dict.fromkeys(c.alpha for c in grid) for lr in lrs]
     for item in args.grid:
         name, _, values = item.rpartition("=")
+        name = canonical_variant(name)
         if name not in out or not values:
-            raise ValueError(f"--grid {item!r}: expected VARIANT=LR,LR with VARIANT one of {list(out)}.")
+            raise ValueError(f"--grid {item!r}: expected VARIANT=LR,LR with VARIANT one of {list(written.values())}.")
         out[name] = [
             Candidate(lr, a)
             for a in dict.fromkeys(c.alpha for c in out[name])

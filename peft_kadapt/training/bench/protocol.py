@@ -34,7 +34,7 @@ import torch
 from ..backbones import image_normalization, pos_encoding_kwargs
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
 from ..engine import Recipe, evaluate, fit
-from ..methods import HEAD, METHODS, build_model, get_method, is_head, parse_variant
+from ..methods import HEAD, METHODS, build_model, canonical_variant, get_method, is_head, parse_variant
 from ..records import read_records as read_typed_records
 
 
@@ -116,6 +116,11 @@ class RunRecord:
     wall_seconds: float
     machine: str = field(default_factory=lambda: f"{platform.machine()} {torch.__version__}")
     finished: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def __post_init__(self):
+        # KAdaptation variants name their parametrization since it exists; records without it were written before,
+        # when every KAdaptation layer was what is now "legacy"
+        self.variant = canonical_variant(self.variant, "legacy")
 
     @property
     def key(self) -> tuple:
