@@ -81,6 +81,30 @@ def test_the_accelerate_example_trains_with_the_package_recipe_by_default(monkey
         assert getattr(value, "value", value) == expected, trainer_field  # the scheduler is an enum there
 
 
+def test_the_accelerate_example_keeps_the_model_folder_and_earlier_results(monkeypatch, tmp_path, capsys):
+    namespace = {}
+    exec(compile(NO_TRAINER.read_text(), str(NO_TRAINER), "exec"), namespace)
+    model, out = tmp_path / "model", tmp_path / "out"
+    model.mkdir()
+
+    def parse(*flags):
+        monkeypatch.setattr(sys, "argv", ["x", "--model_name_or_path", str(model), "--train_dir", "d", *flags])
+        return namespace["parse_args"]()
+
+    with pytest.raises(SystemExit):
+        parse("--output_dir", str(model))
+    assert "is the base model's folder: pass another folder" in capsys.readouterr().err
+    out.mkdir()
+    (out / "all_results.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        parse("--output_dir", str(out))
+    err = capsys.readouterr().err
+    assert "holds an earlier run's results" in err and "--overwrite_output_dir to replace them" in err
+    assert parse("--output_dir", str(out), "--overwrite_output_dir").overwrite_output_dir
+    assert (out / "notes.txt").read_text() == "mine"  # nothing is deleted
+
+
 def test_examples_folder_holds_no_symlink():
     links = [p for p in EXAMPLES.rglob("*") if p.is_symlink()]
     assert not links, links

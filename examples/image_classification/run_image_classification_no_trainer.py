@@ -67,11 +67,34 @@ def parse_args():
     parser.add_argument("--num_warmup_steps", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default=None, help="Where the adapter and the results go.")
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Write over an earlier run's results in --output_dir (only the files this script writes are replaced).",
+    )
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even where a GPU is present.")
     args = parser.parse_args()
     if args.dataset_name is None and args.train_dir is None:
         parser.error("pass --dataset_name (a Hub dataset) or --train_dir (a folder of images)")
+    if args.output_dir is not None:
+        check_output_dir(parser, args)
     return args
+
+
+def check_output_dir(parser, args):
+    """Never write into the base model's own folder, nor over an earlier run's results unless asked to. Nothing is
+    ever deleted: the files this script writes are replaced, any other file in the folder stays."""
+    out, model = os.path.abspath(args.output_dir), os.path.abspath(args.model_name_or_path)
+    if os.path.isdir(model) and os.path.isdir(out) and os.path.samefile(out, model):
+        parser.error(f"--output_dir {args.output_dir} is the base model's folder: pass another folder.")
+    if os.path.isfile(out):
+        parser.error(f"--output_dir {args.output_dir} is a file: pass a folder.")
+    earlier = os.path.join(out, "all_results.json")
+    if os.path.exists(earlier) and not args.overwrite_output_dir:
+        parser.error(
+            f"--output_dir {args.output_dir} holds an earlier run's results ({earlier}): pass another folder, or "
+            "--overwrite_output_dir to replace them."
+        )
 
 
 def load_images(args) -> datasets.DatasetDict:
