@@ -1,7 +1,8 @@
 """Rewrite (or check) the generated table blocks of a docs page from the committed records.
 
 A generated block is the text between `<!-- tables: ARGS -->` and `<!-- /tables -->`: the output of
-`python benchmarks/tables.py ARGS`, file arguments relative to the repository root. To move a block to a later
+`python benchmarks/tables.py ARGS`, file arguments relative to the repository root (or, where ARGS starts with another
+script of this folder, e.g. `stability_maps.py RECORDS`, that script's output). To move a block to a later
 cut-off, edit its ARGS (e.g. its `--until`) and run this script; `--check` is what the test suite asserts.
 
     python benchmarks/docs_tables.py                    # rewrite every block of docs/results.md
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import shlex
 from pathlib import Path
@@ -41,9 +43,15 @@ def render(args: str, root: Path = ROOT) -> str:
     argv = [str(root / a) if a.startswith("benchmarks/") else a for a in shlex.split(args)]
     if "--plot" in argv:
         raise ValueError(f"`{args}`: a docs block cannot write a plot (drop --plot; write it with tables.py)")
+    script = tables
+    if argv and argv[0].endswith(".py"):
+        name = argv.pop(0)
+        spec = importlib.util.spec_from_file_location(name[:-3], Path(__file__).parent / name)
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        tables.main(argv)
+        script.main(argv)
     return out.getvalue().strip() + "\n"
 
 
