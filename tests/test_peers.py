@@ -1,6 +1,8 @@
 """The tiny-adapter peers of KAdaptation in peft 0.21, as rows of the method table: each one is built from a variant,
 trains a step on a tiny ViT with transformers 5 names, and reports its adapter parameters by the study's rule."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tiny_peers import TINY
@@ -38,6 +40,14 @@ def test_a_peer_that_does_not_fit_the_model_names_the_flag_that_sizes_it(tiny_ba
     # C3A's default 256-wide blocks cannot divide the tiny ViT's 32 features
     spec = parse_variant("c3a targets=q_proj+v_proj", model_name_or_path=tiny_backbone)
     with pytest.raises(
-        ValueError, match=r"--method c3a does not fit .* block size .* --peft_options KEY=VALUE.*C3AConfig"
+        ValueError, match=r"c3a does not fit .* block size .* fields of C3AConfig: `--peft_options KEY=VALUE,...`"
     ):
         build_model(spec, ["a", "b"])
+
+
+def test_peer_options_are_typed_like_the_config_field(tiny_backbone):
+    spec = parse_variant("vera targets=q_proj+v_proj", model_name_or_path=tiny_backbone)
+    with pytest.raises(ValueError, match=r"--peft_options 'r=bad': r='bad' is not int \(VeraConfig.r\)"):
+        build_model(replace(spec, peft_options="r=bad"), ["a", "b"])
+    model, _ = build_model(replace(spec, peft_options="r=8,vera_dropout=0"), ["a", "b"])  # an int where a float goes
+    assert model.peft_config["default"].vera_dropout == 0.0

@@ -195,8 +195,21 @@ def _options(args: ModelArguments, config_class: type) -> dict:
                 f"--peft_options {args.peft_options!r}: {pair!r} is not KEY=VALUE with KEY a field of "
                 f"{config_class.__name__} ({', '.join(sorted(fields))})."
             )
-        out[key.strip()] = _literal(raw.strip())
+        out[key.strip()] = _typed(config_class, key.strip(), _literal(raw.strip()), args.peft_options)
     return out
+
+
+def _typed(config_class: type, key: str, value, flag: str):
+    """`value` if the config field `key` can hold it (an int where a float is expected becomes a float), else a
+    ValueError that names the key and the type."""
+    hint = typing.get_type_hints(config_class).get(key)
+    allowed = [a for a in (typing.get_args(hint) or (hint,)) if isinstance(a, type)]
+    if not allowed or any(isinstance(value, a) and not (a is int and isinstance(value, bool)) for a in allowed):
+        return value
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    names = " or ".join(a.__name__ for a in allowed if a is not type(None))
+    raise ValueError(f"--peft_options {flag!r}: {key}={value!r} is not {names} ({config_class.__name__}.{key}).")
 
 
 def _literal(raw: str):
@@ -274,8 +287,9 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[nn.Module, boo
         if method.options_class is None:
             raise
         raise ValueError(
-            f"--method {method.name} does not fit {args.model_name_or_path} as configured: {error} Size it with "
-            f"--peft_options KEY=VALUE,... (fields of {method.options_class.__name__})."
+            f"{method.name} does not fit {args.model_name_or_path} as configured: {error} Size it with fields of "
+            f"{method.options_class.__name__}: `--peft_options KEY=VALUE,...` (kadapt train) or KEY=VALUE in the "
+            "variant (kadapt bench)."
         ) from error
 
 

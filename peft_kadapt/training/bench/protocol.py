@@ -201,7 +201,10 @@ def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, 
     if candidate.alpha is not None:
         spec = replace(spec, **{get_method(spec.method).alpha_field: candidate.alpha})
     torch.manual_seed(settings.train_seed)
-    model, is_peft = build_model(spec, labels)
+    try:
+        model, is_peft = build_model(spec, labels)
+    except ValueError as error:  # a setting the method's config refuses: name the variant it came from
+        raise ValueError(f"--methods variant {variant!r}: {error}") from error
     model.to(device)
     extra = pos_encoding_kwargs(model, settings.resolution)
     head = settings.head_learning_rate
