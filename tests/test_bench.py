@@ -308,6 +308,22 @@ def test_kadaptation_records_name_their_parametrization_and_older_records_read_a
     assert record.variant == "kadaptation n=8 r=1 parametrization=legacy targets=q_proj+v_proj"
 
 
+def test_the_bench_flags_are_the_recorded_settings_fields():
+    from dataclasses import asdict
+
+    from peft_kadapt.training.bench.cli import base_settings, parse_args
+    from peft_kadapt.training.bench.protocol import BenchSettings
+
+    # defaults: the dataclass's (for a Hub id: no local folder, so no fingerprint)
+    assert base_settings(parse_args(["--model_name_or_path", "someone/vit"])) == BenchSettings("someone/vit")
+    args = parse_args(["--steps", "7", "--validation", "shots", "--bf16", "--head_lr", "0.01", "--train_seed", "3"])
+    settings = asdict(base_settings(args))
+    assert settings | {"steps": 7, "validation": "shots", "bf16": True, "head_learning_rate": 0.01} == settings
+    assert settings["train_seed"] == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--validation", "both"])  # choices from the field
+
+
 def test_records_written_before_a_setting_existed_still_resume():
     from dataclasses import asdict
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
+import typing
 
 
 def comma_ints(text: str, flag: str, meaning: str) -> list[int]:
@@ -61,3 +64,28 @@ def accept_old_spelling(parser: argparse.ArgumentParser, old: str, new: str) -> 
     `new` must already be an argument of `parser` that takes one value."""
     action = next(a for a in parser._actions if new in a.option_strings)
     parser.add_argument(old, dest=action.dest, type=action.type, action=_OldSpelling, help=argparse.SUPPRESS)
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, settings_class: type, names: tuple[str, ...]) -> None:
+    """One flag per named field of a settings dataclass, generated from the field: `--NAME` (or the name in the
+    field's metadata "flag"), its type and default, `choices` and `help` from its metadata; a bool is a switch."""
+    hints = typing.get_type_hints(settings_class)
+    for f in dataclasses.fields(settings_class):
+        if f.name not in names:
+            continue
+        flag, meta = "--" + f.metadata.get("flag", f.name), {"help": f.metadata.get("help")}
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(
+                a for a in typing.get_args(kind) if a is not type(None)
+            )  # `float | None`: a float, or left out
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", **meta)
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), **meta)
+
+
+def settings_from_flags(settings_class: type, args: argparse.Namespace, names: tuple[str, ...], **others):
+    """The settings dataclass from the flags `add_settings_flags` made for `names`, plus `others`."""
+    flags = {f.name: f.metadata.get("flag", f.name) for f in dataclasses.fields(settings_class) if f.name in names}
+    return settings_class(**{name: getattr(args, flag) for name, flag in flags.items()}, **others)

@@ -23,7 +23,7 @@ import math
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +35,14 @@ from ..intrinsic import DEFAULT_GROUPS, RunResult, Subspace, d90, group_paramete
 from .backbones import DINOV2_SMALL_ALIAS, check_resolution, image_normalization, load_classifier, pos_encoding_kwargs
 from .data import few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, evaluate, fit
-from .flags import comma_floats, comma_ints, require_counts, require_learning_rates
+from .flags import (
+    add_settings_flags,
+    comma_floats,
+    comma_ints,
+    require_counts,
+    require_learning_rates,
+    settings_from_flags,
+)
 from .logs import setup_logging
 from .methods import HEAD, is_head
 from .outputs import claim_output_dir, write_atomically
@@ -52,34 +59,28 @@ class SweepSettings:
 
     model_name_or_path: str = DINOV2_SMALL_ALIAS
     dataset_name: str = "mnist5k"
-    shots: int = 10
-    val_per_class: int = 10
-    test_per_class: int = 20
+    shots: int = field(default=10, metadata={"help": "training images per class"})
+    val_per_class: int = field(default=10, metadata={"help": "validation images per class (outside the shots)"})
+    test_per_class: int = field(default=20, metadata={"help": "test images per class (held out; reported only)"})
     resolution: int = 56
-    steps: int = 50
+    steps: int = field(default=50, metadata={"help": "optimiser steps per run"})
     batch_size: int = 20
-    lr: float = 1e-2
-    lr_ref_d: int = 100
+    lr: float = field(default=1e-2, metadata={"help": "for the head, and for θ_d at d = --lr_ref_d"})
+    lr_ref_d: int = field(default=100, metadata={"help": "d above which θ_d's step is scaled by sqrt(ref/d)"})
     head_seed: int = 0  # the first sampling seed (no flag of its own)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, seeds: list[int]) -> SweepSettings:
-        names = [f.name for f in fields(cls) if f.name != "head_seed"]
-        return cls(**{k: getattr(args, k) for k in names}, head_seed=seeds[0])
+        return settings_from_flags(cls, args, SWEEP_FLAGS, head_seed=seeds[0])
+
+
+SWEEP_FLAGS = tuple(f for f in SweepSettings.__dataclass_fields__ if f != "head_seed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p, S = argparse.ArgumentParser(prog="kadapt intrinsic-dim", description=__doc__), SweepSettings  # defaults once
-    p.add_argument("--model_name_or_path", default=S.model_name_or_path)
-    p.add_argument("--dataset_name", default=S.dataset_name)
-    p.add_argument("--shots", type=int, default=S.shots, help="training images per class")
-    p.add_argument(
-        "--val_per_class", type=int, default=S.val_per_class, help="validation images per class (outside the shots)"
-    )
-    p.add_argument(
-        "--test_per_class", type=int, default=S.test_per_class, help="test images per class (held out; reported only)"
-    )
-    p.add_argument("--resolution", type=int, default=S.resolution)
+    p = argparse.ArgumentParser(prog="kadapt intrinsic-dim", description=__doc__)
+    # model, data, steps, batch and learning rate: the records' identity, flags made from SweepSettings
+    add_settings_flags(p, SweepSettings, SWEEP_FLAGS)
     p.add_argument("--dims", default="0,10,100,1000,10000", help="comma-separated d values (0 = head only)")
     p.add_argument(
         "--group",
@@ -93,12 +94,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["best", "full"],
         default="best",
         help="d90 reference: the best validation accuracy over d for the group, or full fine-tuning of the group",
-    )
-    p.add_argument("--steps", type=int, default=S.steps, help="optimiser steps per run")
-    p.add_argument("--batch_size", type=int, default=S.batch_size)
-    p.add_argument("--lr", type=float, default=S.lr, help="for the head, and for θ_d at d = --lr_ref_d")
-    p.add_argument(
-        "--lr_ref_d", type=int, default=S.lr_ref_d, help="d above which θ_d's step is scaled by sqrt(ref/d)"
     )
     p.add_argument(
         "--full_lr",
@@ -159,8 +154,7 @@ def previous_runs(output_dir: Path, settings: SweepSettings, groups: dict[str, s
     found = [r for r in read_records(output_dir / RUNS, SweepRecord) if r.settings == asdict(settings)]
     if (output_dir / "intrinsic_dim.json").exists():
         done = json.loads((output_dir / "intrinsic_dim.json").read_text())
-        names = [f.name for f in fields(SweepSettings) if f.name != "head_seed"]
-        finished = {**{k: done["settings"].get(k) for k in names}, "head_seed": done["seeds"][0]}
+        finished = {**{k: done["settings"].get(k) for k in SWEEP_FLAGS}, "head_seed": done["seeds"][0]}
         if finished == asdict(settings):
             runs = [{"kind": "subspace", **r} for r in done["runs"]] + done.get("reference_runs", [])
             found += [SweepRecord(**{"regex": done["groups"][r["group"]], **r, "settings": finished}) for r in runs]

@@ -23,14 +23,22 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from ..backbones import DINOV2_SMALL_ALIAS, check_resolution, pos_encoding_kwargs, resolve_model
-from ..flags import comma_floats, comma_ints, require_counts, require_learning_rates
+from ..backbones import check_resolution, pos_encoding_kwargs, resolve_model
+from ..flags import (
+    add_settings_flags,
+    comma_floats,
+    comma_ints,
+    require_counts,
+    require_learning_rates,
+    settings_from_flags,
+)
 from ..logs import setup_logging
 from ..methods import build_model, canonical_variant, get_method, parse_variant
 from ..outputs import claim_output_dir, write_atomically
 from ..records import append_records
 from .profiling import speed_table
 from .protocol import (
+    FLAGS,
     BenchSettings,
     Candidate,
     cached_dataset,
@@ -80,7 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _add_study_flags(p: argparse.ArgumentParser) -> None:
     """What is compared on what: model, data, splits, variants, grids, outputs."""
-    p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument(
         "--datasets",
         default="mnist5k,fashion_mnist",
@@ -100,25 +107,6 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
         help="input size in px for every dataset, or auto (per dataset: 56 px for images of up to 112 px, which "
         "shrinks them at most 2x; 112 px for larger ones)",
     )
-    p.add_argument("--test_per_class", type=int, default=BenchSettings.test_per_class)
-    p.add_argument(
-        "--full_shot_subset",
-        type=int,
-        default=BenchSettings.full_shot_subset,
-        help="images per class used as 'full shot'",
-    )
-    p.add_argument(
-        "--validation",
-        choices=("pool", "shots"),
-        default=BenchSettings.validation,
-        help="pool: extra images outside the shots; shots: carved from the shots, then retrain",
-    )
-    p.add_argument(
-        "--val_per_class",
-        type=int,
-        default=BenchSettings.val_per_class,
-        help="validation images per class with --validation pool",
-    )
     p.add_argument(
         "--adapter_lrs", default=None, help="comma-separated learning-rate grid for every adapter method (lora, ...)"
     )
@@ -137,37 +125,7 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     """How every run trains, and on what hardware."""
-    p.add_argument(
-        "--steps", type=int, default=BenchSettings.steps, help="optimiser steps per training run, for every method"
-    )
-    p.add_argument("--batch_size", type=int, default=BenchSettings.batch_size)
-    p.add_argument("--train_seed", type=int, default=BenchSettings.train_seed)
-    p.add_argument(
-        "--warmup_steps",
-        type=int,
-        default=BenchSettings.warmup_steps,
-        help="linear learning-rate warm-up steps (then cosine)",
-    )
-    p.add_argument(
-        "--extend_edges",
-        type=int,
-        default=BenchSettings.extend_edges,
-        help="rounds of grid extension: when validation chooses a point on the grid's edge (learning rate or alpha), "
-        "also train the point one grid step further out, and choose again (records made with fewer rounds are "
-        "topped up)",
-    )
-    p.add_argument(
-        "--bf16",
-        action="store_true",
-        help="forward passes under bfloat16 autocast (fp32 weights), as Trainer's --bf16",
-    )
-    p.add_argument(
-        "--head_lr",
-        type=float,
-        default=None,
-        help="learning rate of the classification head, apart from the grid's rate of the rest (adapter, biases, "
-        "backbone); default: the head trains at the grid's rate. Not for the linear probe (its rate is the head's)",
-    )
+    add_settings_flags(p, BenchSettings, FLAGS)  # model, data sizes, validation, steps, batch, seed, ...
     p.add_argument("--device", default=None, help="cuda, cpu, ...; default cuda when available, else cpu")
     p.add_argument(
         "--workers",
@@ -305,20 +263,8 @@ def base_settings(args) -> BenchSettings:
         )
     require_counts(args, ("test_per_class", "full_shot_subset", "val_per_class", "steps", "batch_size", "workers"))
     require_counts(args, ("warmup_steps", "speed_rounds"), minimum=0)
-    return BenchSettings(
-        model_name_or_path=args.model_name_or_path,
-        test_per_class=args.test_per_class,
-        full_shot_subset=args.full_shot_subset,
-        validation=args.validation,
-        val_per_class=args.val_per_class,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        train_seed=args.train_seed,
-        warmup_steps=args.warmup_steps,
-        extend_edges=args.extend_edges,
-        bf16=args.bf16,
-        head_learning_rate=args.head_lr,
-        model_fingerprint=folder_fingerprint(args.model_name_or_path),
+    return settings_from_flags(
+        BenchSettings, args, FLAGS, model_fingerprint=folder_fingerprint(args.model_name_or_path)
     )
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import image_normalization, pos_encoding_kwargs
+from ..backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwargs
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
 from ..engine import Recipe, evaluate, fit
 from ..methods import HEAD, METHODS, build_model, canonical_variant, get_method, is_head, parse_variant
@@ -40,28 +40,60 @@ from ..records import read_records as read_typed_records
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """Everything that defines the splits and the training of a benchmark run (the records' identity)."""
+    """Everything that defines the splits and the training of a benchmark run (the records' identity). `kadapt bench`
+    makes its flags from these fields (`FLAGS`): type, default and help are written here only."""
 
-    model_name_or_path: str
-    resolution: int = 56
-    test_per_class: int = 100
-    full_shot_subset: int = 100
-    validation: str = "pool"
-    val_per_class: int = 20
-    steps: int = 50
+    model_name_or_path: str = DINOV2_SMALL_ALIAS
+    resolution: int = 56  # per dataset, from --resolution (a size or auto)
+    test_per_class: int = field(default=100, metadata={"help": "test images per class (held out; reported only)"})
+    full_shot_subset: int = field(default=100, metadata={"help": "images per class used as 'full shot' (k = 0)"})
+    validation: str = field(
+        default="pool",
+        metadata={
+            "choices": ("pool", "shots"),
+            "help": "pool: extra images outside the shots; shots: carved from the shots, then retrain",
+        },
+    )
+    val_per_class: int = field(default=20, metadata={"help": "validation images per class with --validation pool"})
+    steps: int = field(default=50, metadata={"help": "optimiser steps per training run, for every method"})
     batch_size: int = 16
-    train_seed: int = 0
-    warmup_steps: int = 0  # linear warm-up of the learning rate (added later: records without it had 0)
-    extend_edges: int = 0  # rounds of grid extension where validation chose an edge (added later: 0 before)
-    bf16: bool = False  # forward passes under bfloat16 autocast (added later: records without it were fp32)
-    # the head's own learning rate for methods that train more than the head; None: the grid point's, as every other
-    # trained parameter (added later: records without it had None)
-    head_learning_rate: float | None = None
+    train_seed: int = field(default=0, metadata={"help": "seed of initialisation and data order"})
+    # (added later: records without it had 0)
+    warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps (then cosine)"})
+    # (added later: 0 before)
+    extend_edges: int = field(
+        default=0,
+        metadata={
+            "help": "rounds of grid extension: when validation chooses a point on the grid's edge (learning rate or "
+            "alpha), also train the point one grid step further out, and choose again (records made with fewer "
+            "rounds are topped up)"
+        },
+    )
+    # (added later: records without it were fp32)
+    bf16: bool = field(
+        default=False, metadata={"help": "forward passes under bfloat16 autocast (fp32 weights), as Trainer's --bf16"}
+    )
+    # (added later: records without it had None)
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "flag": "head_lr",
+            "help": "learning rate of the classification head, apart from the grid's rate of the rest (adapter, "
+            "biases, backbone); default: the head trains at the grid's rate. Not for the linear probe (its rate is "
+            "the head's)",
+        },
+    )
     # what a local image folder and a local model folder held (file names, sizes, modification times), so that
     # changed inputs run again; None for the offline datasets, the offline backbone and Hub ids, which their names pin
     # (added later: records without them had None)
     data_fingerprint: str | None = None
     model_fingerprint: str | None = None
+
+
+# the fields that are flags of `kadapt bench` (the others are derived: resolution per dataset, fingerprints)
+FLAGS = tuple(
+    f for f in BenchSettings.__dataclass_fields__ if f not in ("resolution", "data_fingerprint", "model_fingerprint")
+)
 
 
 def folder_fingerprint(path: str) -> str | None:
