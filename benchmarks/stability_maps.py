@@ -3,8 +3,9 @@
     python benchmarks/stability_maps.py benchmarks/results/stability_maps.jsonl --plot docs/images/stability_maps.png
 
 For each variant: the mean validation accuracy of every (alpha, lr) cell over the splits that have it, the best cell,
-how many cells lie within 3 points of the best, and where LoRA r = 8 on the same targets has its best cell (and how far
-below its own best the variant is there). Records come from `kadapt bench --alphas ... --adapter_lrs ...
+how many cells lie within 3 points of the best, where LoRA r = 8 on the same targets has its best cell (and how far
+below its own best the variant is there), and how many cells collapse (below half the map's best) where LoRA r = 8
+trains. Records come from `kadapt bench --alphas ... --adapter_lrs ...
 --extend_edges 0` (docs/benchmarks.md); nothing here is chosen on test data.
 """
 
@@ -20,6 +21,7 @@ from peft_kadapt.training.plotting import save
 
 
 WITHIN = 0.03  # "within 3 points of the best"
+TRAINS = 0.5  # a cell "trains" at half its map's best or more, else it collapsed (near chance in these maps)
 REFERENCE = "lora r=8"
 
 
@@ -57,9 +59,21 @@ def summary(maps: dict) -> list[dict]:
                 "within": sum(acc >= best - WITHIN for acc, _ in cells.values()),
                 "reference_cell": ref_cell,
                 "at_reference_cell": cells.get(ref_cell, (float("nan"),))[0] if ref_cell else float("nan"),
+                "collapses_where_reference_trains": _disagreements(cells, maps.get(reference)),
             }
         )
     return rows
+
+
+def _trains(cells: dict) -> set:
+    """The cells whose mean validation accuracy is at least half the map's best (the others collapsed)."""
+    best = max(acc for acc, _ in cells.values())
+    return {c for c, (acc, _) in cells.items() if acc >= TRAINS * best}
+
+
+def _disagreements(cells: dict, reference: dict | None) -> int | None:
+    """How many cells collapse in this map where the reference (LoRA r = 8, same targets) trains."""
+    return len(_trains(reference) - _trains(cells)) if reference else None
 
 
 def markdown(maps: dict) -> str:
@@ -73,13 +87,20 @@ def markdown(maps: dict) -> str:
         for a in alphas:
             row = [f"{cells[(a, lr)][0]:.3f}" if (a, lr) in cells else "" for lr in lrs]
             lines.append(f"| {a:g} | " + " | ".join(row) + " |")
-    lines += ["", "| variant | splits | best (alpha, lr) | best | cells within 3 points | at LoRA r=8's best cell |"]
-    lines.append("|---|---|---|---|---|---|")
+    lines += [
+        "",
+        "| variant | splits | best (alpha, lr) | best | cells within 3 points | at LoRA r=8's best cell | cells that "
+        "collapse where LoRA r=8 trains |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in summary(maps):
         ref = s["reference_cell"]
         at_ref = f"{s['at_reference_cell']:.3f} at ({ref[0]:g}, {ref[1]:g})" if ref else "–"
         best_cell = f"({s['best_cell'][0]:g}, {s['best_cell'][1]:g})"
-        lines.append(f"| {s['variant']} | {s['splits']} | {best_cell} | {s['best']:.3f} | {s['within']} | {at_ref} |")
+        collapses = "–" if s["collapses_where_reference_trains"] is None else s["collapses_where_reference_trains"]
+        lines.append(
+            f"| {s['variant']} | {s['splits']} | {best_cell} | {s['best']:.3f} | {s['within']} | {at_ref} | {collapses} |"
+        )
     return "\n".join(lines)
 
 
