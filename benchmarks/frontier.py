@@ -12,6 +12,7 @@ The runs go through `kadapt bench` and append one record per (split, variant) to
 benchmarks/results/), so the study stops and resumes anywhere; `--list` prints the variants and their parameters.
 
     python benchmarks/frontier.py --list             # add --vit_b for the same variants' counts on ViT-B/16
+    python benchmarks/frontier.py --speed 5 --only vera,...,c3a   # step time and memory against LoRA r=8
     python benchmarks/frontier.py --datasets mnist5k --shots 5,20 --seeds 0,1,2,3,4 \\
         --records benchmarks/results/frontier.jsonl --output_dir outputs/frontier
 """
@@ -125,12 +126,47 @@ def budget_variants(budgets: list[int], model_name_or_path: str, labels: list[st
     return out
 
 
+def print_speed(variants: list[str], model_name_or_path: str, labels: list[str], rounds: int, px: int) -> None:
+    """Step time and training memory of every variant beside LoRA r=8 on q/v, measured side by side in one process
+    (these machines are noisy: ratios, not seconds, are what compares)."""
+    import torch
+
+    from peft_kadapt.training import pos_encoding_kwargs
+    from peft_kadapt.training.bench.profiling import speed_table
+
+    reference = "lora r=8 targets=q_proj+v_proj"
+    models = {}
+    for variant in dict.fromkeys([reference, *variants]):
+        torch.manual_seed(0)
+        models[variant] = build_model(parse_variant(variant, model_name_or_path=model_name_or_path), labels)[0]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, px, px, generator=g), torch.randint(0, len(labels), (16,), generator=g)
+    table = speed_table(models, x, y, rounds, reference, pos_encoding_kwargs(models[reference], px))
+    print(f"Training step against {reference} ({px} px, batch 16, {rounds} rounds, {torch.__version__}):\n")
+    print("| variant | step (s) | step / LoRA r=8 | training memory (MiB) | memory / LoRA r=8 |")
+    print("|---|---|---|---|---|")
+    for variant, row in sorted(table.items(), key=lambda kv: kv[1]["step_ratio"]):
+        print(
+            f"| {variant} | {row['step_s']:.3f} | {row['step_ratio']:.2f} | {row['memory_bytes'] / 2**20:.1f} "
+            f"| {row['memory_ratio']:.2f} |"
+        )
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", default="20000,80000,150000")
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument("--list", action="store_true", help="print the variants and their adapter parameters, and stop")
     p.add_argument("--vit_b", action="store_true", help="with --list: also each variant's count on ViT-B/16")
+    p.add_argument(
+        "--speed",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead of training: every variant's training step time (median of ROUNDS alternating steps) and memory "
+        "against LoRA r=8 on q/v, at --speed_resolution px and batch 16 (the bench's shapes), as a markdown table",
+    )
+    p.add_argument("--speed_resolution", type=int, default=56)
     p.add_argument("--alphas", default="1,4,16")
     p.add_argument("--adapter_lrs", default="1e-3,3e-3,1e-2")
     p.add_argument(
@@ -159,6 +195,8 @@ def main(argv=None) -> None:
         for variant, count in sorted(variants.items(), key=lambda kv: kv[1]):
             print(f"| {variant} | {count:,d} |" + (f" {base[variant]:,d} |" if base else ""))
         return
+    if args.speed:
+        return print_speed(list(variants), args.model_name_or_path, labels, args.speed, args.speed_resolution)
     setup_logging()
     bench.main(
         [
