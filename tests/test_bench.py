@@ -191,11 +191,16 @@ def test_validation_pool_is_disjoint_from_shots_and_test():
         (["--warmup_steps", "-5"], r"--warmup_steps -5: expected 0 or more"),
         (["--speed_rounds", "-1"], r"--speed_rounds -1: expected 0 or more"),
         (["--workers", "0"], r"--workers 0: expected 1 or more"),
+        (
+            ["--methods", "kadaptation parametrization=new"],
+            r"--methods variant 'kadaptation parametrization=new': `parametrization` should be one of",
+        ),
     ],
 )
 def test_bench_argument_errors(tiny_backbone, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         kadapt(bench_args(tiny_backbone, tmp_path, "--workers", "1", *extra))
+    assert not list(tmp_path.rglob("records.jsonl"))  # refused before any run
 
 
 def test_a_split_the_dataset_cannot_give_fails_before_any_run(tiny_backbone, tmp_path):
