@@ -56,14 +56,20 @@ def test_examples_import_only_the_public_api(script):
             assert module == "peft_kadapt" and set(names) <= {"KAdaptationConfig"}, f"{script.name}: {module} {names}"
 
 
+def accelerate_example() -> dict:
+    """The Accelerate example's functions, loaded from its file (it is a script, not a module)."""
+    namespace = {}
+    exec(compile(NO_TRAINER.read_text(), str(NO_TRAINER), "exec"), namespace)
+    return namespace
+
+
 def test_the_accelerate_example_trains_with_the_package_recipe_by_default(monkeypatch):
     # one recipe: the engine's Recipe defaults are the Accelerate example's (which may not import them) and
     # kadapt train's
     from peft_kadapt.training import Recipe
     from peft_kadapt.training.run_image_classification import parse_args as kadapt_train_args
 
-    namespace = {}
-    exec(compile(NO_TRAINER.read_text(), str(NO_TRAINER), "exec"), namespace)
+    namespace = accelerate_example()
     monkeypatch.setattr(sys, "argv", ["x", "--model_name_or_path", "m", "--train_dir", "d"])
     example = namespace["parse_args"]()
     *_, trainer = kadapt_train_args(["--output_dir", "o"])
@@ -82,8 +88,7 @@ def test_the_accelerate_example_trains_with_the_package_recipe_by_default(monkey
 
 
 def test_the_accelerate_example_keeps_the_model_folder_and_earlier_results(monkeypatch, tmp_path, capsys):
-    namespace = {}
-    exec(compile(NO_TRAINER.read_text(), str(NO_TRAINER), "exec"), namespace)
+    namespace = accelerate_example()
     model, out = tmp_path / "model", tmp_path / "out"
     model.mkdir()
 

@@ -141,11 +141,12 @@ def grids(args) -> dict[str, list[Candidate]]:
     # KAdaptation variants name their parametrization in records (`--grid` may use the name as written)
     written = {canonical_variant(v.strip()): v.strip() for v in args.methods.split(",") if v.strip()}
     variants = list(written)
-    methods = {v: get_method(parse_variant(v).method) for v in variants}  # errors before any training
-    for v in variants:  # the PEFT config's own checks too (a bad parametrization, alpha, ...), before data loads
+    specs = {v: parse_variant(v) for v in variants}  # errors before any training
+    methods = {v: get_method(spec.method) for v, spec in specs.items()}
+    for v, spec in specs.items():  # the PEFT config's own checks too (a bad parametrization, alpha, ...)
         if methods[v].peft_config is not None:
             try:
-                methods[v].peft_config(parse_variant(v), ["query"])
+                methods[v].peft_config(spec, ["query"])
             except (ValueError, TypeError) as error:
                 raise ValueError(f"--methods variant {v!r}: {error}") from None
     alphas = tuple(comma_floats(args.alphas, "--alphas", "adapter scales, e.g. 1,4,16")) if args.alphas else None
