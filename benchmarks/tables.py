@@ -98,7 +98,8 @@ def _cell(values: list[float] | None, splits: int) -> str:
 
 
 def alpha_lr_map_markdown(records: list[RunRecord]) -> str:
-    """Validation accuracy of every (alpha, learning rate) grid point, mean over splits, one table per variant."""
+    """Validation accuracy of every (alpha, learning rate) grid point, mean over splits, one table per variant (one
+    row, alpha "-", for a method without a scale searched: the peers, the references)."""
     out = []
     for variant in sorted({r.variant for r in records}):
         cells = defaultdict(list)
@@ -106,16 +107,14 @@ def alpha_lr_map_markdown(records: list[RunRecord]) -> str:
             if r.variant == variant:
                 for g in r.grid:
                     cells[(g["alpha"], g["learning_rate"])].append(g["validation_accuracy"])
-        alphas = sorted({a for a, _ in cells if a is not None})
+        alphas = sorted({a for a, _ in cells if a is not None}) or [None]
         lrs = sorted({lr for _, lr in cells})
-        if not alphas:
-            continue
         splits = len([r for r in records if r.variant == variant])
         out += [f"{variant} (validation accuracy, mean over {splits} split(s); (n): tried on n splits only):", ""]
         out += ["| alpha \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
         for a in alphas:
             row = [_cell(cells.get((a, lr)), splits) for lr in lrs]
-            out.append(f"| {a:g} | " + " | ".join(row) + " |")
+            out.append(f"| {'-' if a is None else f'{a:g}'} | " + " | ".join(row) + " |")
         out.append("")
     return "\n".join(out)
 

@@ -20,3 +20,15 @@ def test_speed_table_of_the_budget_variants_against_lora_r8(tiny_backbone, capsy
     cells = rows["lora r=8 targets=q_proj+v_proj"].split(" | ")
     assert cells[2] == "1.00" and cells[4] == "1.00 |"  # the reference against itself
     assert any(v.startswith("ia3 ") for v in rows) and any(v.startswith("lora r=") and "r=8" not in v for v in rows)
+
+
+def test_the_peers_run_in_a_pass_of_their_own_with_their_head_rate(tiny_backbone, monkeypatch):
+    passes = []
+    monkeypatch.setattr(frontier.bench, "main", passes.append)
+    frontier.main(["--model_name_or_path", tiny_backbone, "--budgets", "3000", "--only", "lora,ia3,linear"])
+    own, peers = passes
+    methods = [argv[argv.index("--methods") + 1].split(",") for argv in passes]
+    assert methods[0] and all(v.split()[0] in ("lora", "linear") for v in methods[0])
+    assert methods[1] and all(v.split()[0] == "ia3" for v in methods[1])
+    assert "--head_lr" not in own and "linear=1e-3,3e-3,1e-2" in own
+    assert peers[peers.index("--head_lr") + 1] == frontier.PEER_HEAD_LR and "--grid" not in peers

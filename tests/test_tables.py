@@ -209,6 +209,14 @@ def test_map_marks_points_tried_on_fewer_splits():
     assert "| 1 | 0.300 | 0.500 | 0.700 (1) |" in out
 
 
+def test_map_of_a_method_without_a_scale_is_one_row_of_learning_rates():
+    points = ((1e-2, 0.2), (1e-1, 0.6))
+    grid = [{"learning_rate": lr, "alpha": None, "validation_accuracy": v, "validation_loss": 1.0} for lr, v in points]
+    out = tables.alpha_lr_map_markdown([record("vera r=256", 0, 0.5, 1, grid)])
+    assert "vera r=256 (validation accuracy, mean over 1 split(s)" in out
+    assert "| alpha \\ lr | 0.01 | 0.1 |" in out and "| - | 0.200 | 0.600 |" in out
+
+
 def test_shots_keeps_the_few_shot_or_the_full_shot_records(tmp_path, capsys):
     records = [record("lora r=8", s, 0.5, 147_456) for s in (0, 1)]
     full = record("lora r=8", 0, 0.9, 147_456)
