@@ -69,14 +69,14 @@ def vit_b_counts(variants: list[str], labels: list[str]) -> dict[str, int]:
 PEER_HEAD_LR = "3e-3"
 # The peers' sizes, smallest to largest: each budget takes the largest that fits (a peer none of whose sizes fits a
 # budget is left out there, as LoKr is where its count saturates). Sizes are chosen to divide ViT-S's and ViT-B's
-# widths (384, 768, 1536, 3072). FourierFT at scaling 300, the value PEFT's documentation gives for ViTs (its default
-# 150 is for NLU); Lily as PEFT's documentation advises (A shared by 4 adjacent blocks, as many B as A-groups).
+# widths (384, 768, 1536, 3072). Lily as PEFT's documentation advises (A shared by 4 adjacent blocks, as many B as
+# A-groups). The scales of FourierFT, LoHa and Lily are searched with the learning rates (`PEER_SCALES`, method table).
 PEER_SIZES = {
     "vera": [f"r={r}" for r in (64, 128, 256, 512, 1024, 2048)],
     "pvera": [f"r={r}" for r in (64, 128, 256, 512, 1024, 2048)],
-    "fourierft": [f"n_frequency={n} scaling=300" for n in (250, 500, 1000, 2000, 4000, 8000)],
+    "fourierft": [f"n_frequency={n}" for n in (250, 500, 1000, 2000, 4000, 8000)],
     "vblora": [f"r={r} num_vectors={v} vector_length=128" for r in (2, 4) for v in (64, 128, 256, 512)],
-    "loha": [f"r={r} alpha={r}" for r in (1, 2, 4, 8)],
+    "loha": [f"r={r}" for r in (1, 2, 4, 8)],
     "ia3": [""],
     "oft": [f"oft_block_size={b}" for b in (2, 4, 8, 16, 32)],
     "lily": [f"r={r} stride_A=4 num_B=3" for r in (4, 8, 16, 32, 64)],
@@ -206,11 +206,11 @@ def main(argv=None) -> None:
         return print_speed(list(variants), args.model_name_or_path, labels, args.speed, args.speed_resolution)
     setup_logging()
     own = [v for v in variants if v.split()[0] not in PEER_SIZES] + references
-    for methods, extra in ((own, []), ([v for v in variants if v not in own], ["--head_lr", PEER_HEAD_LR])):
-        if methods:  # the peers in a pass of their own: their head trains at PEER_HEAD_LR
+    grids = ["--alphas", args.alphas, "--adapter_lrs", args.adapter_lrs]
+    for methods, extra in ((own, grids), ([v for v in variants if v not in own], ["--head_lr", PEER_HEAD_LR])):
+        if methods:  # the peers in a pass of their own: their grids (method table), their head at PEER_HEAD_LR
             bench.main(
-                ["--model_name_or_path", args.model_name_or_path, "--methods", ",".join(methods)]
-                + ["--alphas", args.alphas, "--adapter_lrs", args.adapter_lrs, *extra]
+                ["--model_name_or_path", args.model_name_or_path, "--methods", ",".join(methods), *extra]
                 + [
                     arg
                     for name, lrs in REFERENCE_GRIDS.items()

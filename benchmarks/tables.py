@@ -102,14 +102,15 @@ def alpha_lr_map_markdown(records: list[RunRecord]) -> str:
     row, alpha "-", for a method without a scale searched: the peers, the references)."""
     out = []
     for variant in sorted({r.variant for r in records}):
-        cells = defaultdict(list)
+        by_split = defaultdict(dict)  # (alpha, lr) -> split -> score: a split searched twice counts once per point
         for r in records:
             if r.variant == variant:
                 for g in r.grid:
-                    cells[(g["alpha"], g["learning_rate"])].append(g["validation_accuracy"])
+                    by_split[(g["alpha"], g["learning_rate"])][_split(r)] = g["validation_accuracy"]
+        cells = {point: list(scores.values()) for point, scores in by_split.items()}
         alphas = sorted({a for a, _ in cells if a is not None}) or [None]
         lrs = sorted({lr for _, lr in cells})
-        splits = len([r for r in records if r.variant == variant])
+        splits = len({_split(r) for r in records if r.variant == variant})
         out += [f"{variant} (validation accuracy, mean over {splits} split(s); (n): tried on n splits only):", ""]
         out += ["| alpha \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
         for a in alphas:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
-from dataclasses import replace
 
 import torch
 import transformers
@@ -40,6 +39,7 @@ from peft_kadapt.training import (
     parse_variant,
     pos_encoding_kwargs,
     to_tensors,
+    with_alpha,
 )
 
 
@@ -87,7 +87,7 @@ def sizes(layers: dict, inputs: dict) -> dict[str, dict[str, float]]:
 
 def measure(variant: str, alpha: float, lr: float, steps: list[int], x, y, labels, resolution, model_path, seed=0):
     args = parse_variant(variant, model_name_or_path=model_path)
-    args = replace(args, **{get_method(args.method).alpha_field: alpha})
+    args = with_alpha(args, alpha)
     torch.manual_seed(seed)
     model, _ = build_model(args, labels)
     extra = pos_encoding_kwargs(model, resolution)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from tiny_peers import TINY
 
-from peft_kadapt.training import HEAD, METHODS, Recipe, build_model, fit, parse_variant
+from peft_kadapt.training import HEAD, METHODS, Recipe, build_model, fit, parse_variant, with_alpha
+from peft_kadapt.training.bench.protocol import default_grid
 from peft_kadapt.training.methods import PEERS
 
 
@@ -51,3 +52,21 @@ def test_peer_options_are_typed_like_the_config_field(tiny_backbone):
         build_model(replace(spec, peft_options="r=bad"), ["a", "b"])
     model, _ = build_model(replace(spec, peft_options="r=8,vera_dropout=0"), ["a", "b"])  # an int where a float goes
     assert model.peft_config["default"].vera_dropout == 0.0
+
+
+def test_a_peer_searches_its_own_scales_unless_the_variant_writes_one():
+    lrs = METHODS["fourierft"].lr_grid
+    grid = default_grid("fourierft n_frequency=64", alphas=(1.0, 4.0))  # --alphas is LoRA's and KAdaptation's
+    assert [(c.learning_rate, c.alpha) for c in grid] == [(lr, a) for a in (75.0, 150.0) for lr in lrs]
+    assert {c.alpha for c in default_grid("fourierft n_frequency=64 scaling=300")} == {None}
+    assert {c.alpha for c in default_grid("vera r=8", alphas=(1.0, 4.0))} == {None}  # VeRA has no scale to search
+
+
+@pytest.mark.parametrize(("variant", "field", "value"), [("fourierft n_frequency=64 scaling=300", "scaling", 150.0),
+                                                         ("loha r=2 alpha=4", "alpha", 16), ("lily r=4", "scaling", 0.1)])  # fmt: skip
+def test_with_alpha_sets_the_peer_config_scale(variant, field, value, tiny_backbone):
+    spec = with_alpha(parse_variant(f"{variant} targets=q_proj+v_proj", model_name_or_path=tiny_backbone), value)
+    model, _ = build_model(spec, ["a", "b"])
+    assert getattr(model.peft_config["default"], field) == value
+    with pytest.raises(ValueError, match="Method 'vera' has no adapter scale to set to 4"):
+        with_alpha(parse_variant("vera r=8"), 4.0)

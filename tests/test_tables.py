@@ -215,6 +215,9 @@ def test_map_of_a_method_without_a_scale_is_one_row_of_learning_rates():
     out = tables.alpha_lr_map_markdown([record("vera r=256", 0, 0.5, 1, grid)])
     assert "vera r=256 (validation accuracy, mean over 1 split(s)" in out
     assert "| alpha \\ lr | 0.01 | 0.1 |" in out and "| - | 0.200 | 0.600 |" in out
+    lower = [{"learning_rate": 1e-3, "alpha": None, "validation_accuracy": 0.1, "validation_loss": 1.0}]
+    out = tables.alpha_lr_map_markdown([record("vera r=256", 0, 0.5, 1, grid), record("vera r=256", 0, 0.5, 1, lower)])
+    assert "mean over 1 split(s)" in out and "| - | 0.100 | 0.200 | 0.600 |" in out  # one split searched twice
 
 
 def test_shots_keeps_the_few_shot_or_the_full_shot_records(tmp_path, capsys):

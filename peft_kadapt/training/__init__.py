@@ -24,7 +24,7 @@ from .backbones import (
 )
 from .data import OFFLINE_DATASETS, few_shot, image_transform, load_image_dataset, to_tensors
 from .engine import Recipe, Scores, evaluate, fit
-from .methods import HEAD, METHODS, Method, ModelArguments, build_model, get_method, is_head, parse_variant
+from .methods import HEAD, METHODS, Method, ModelArguments, build_model, get_method, is_head, parse_variant, with_alpha
 from .metrics import load_accuracy
 from .outputs import claim_output_dir, load_checkpoint_weights, staged, write_atomically
 from .plotting import plot_training_curve
@@ -56,6 +56,7 @@ __all__ = [
     "is_head",
     "load_image_dataset",
     "parse_variant",
+    "with_alpha",
     "plot_training_curve",
     "pos_encoding_kwargs",
     "resolve_model",

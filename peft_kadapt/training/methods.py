@@ -93,7 +93,9 @@ class Method:
     peft_config: Callable[[ModelArguments, list[str]], PeftConfig] | None = None  # None: no adapter
     trainable: Callable[[str], bool] | None = None  # for methods without adapter: which parameters train
     peft_type: str | None = None  # what its adapter_config.json says (None: no adapter)
-    alpha_field: str | None = None  # the ModelArguments field of its adapter scale (None: it has none)
+    # the field of its adapter scale: of ModelArguments, or of `options_class` for a peer (None: it has none)
+    alpha_field: str | None = None
+    alpha_grid: tuple[float, ...] = ()  # a peer's scales that `kadapt bench` searches with its learning rates
     rank_field: str | None = None  # the ModelArguments field of its rank
     quick_learning_rate: float = 1e-3  # the one learning rate of `kadapt bench --quick`
     options_class: type | None = None  # the PEFT config whose fields `peft_options` and the variant keys set
@@ -237,24 +239,59 @@ FEEDFORWARD_OUTPUTS = ("fc2", "output.dense", "mlp.fc2", "down_proj")
 
 
 # Tiny-adapter peers of KAdaptation in peft 0.21 (issue 29): name -> (config class, what trains, default learning rate,
-# grid). The grids are centred on what their papers and PEFT's documentation train with (vector-scaling methods far
-# above LoRA's rates) and widened by the bench's edge extension; they are a starting point until the study has chosen.
+# grid). Each grid is centred where a pilot put the peer's best validation accuracy (benchmarks/peer_lr_pilot.sh:
+# two 56 px splits, the ~20k size on q/v, the head at 3e-3; docs/results.md), and widened by the bench's edge
+# extension in the study. Most train best at 1e-2 to 3e-2, VeRA and (IA)³ at 3e-2, FourierFT (at scaling 75) at 1e-1,
+# C3A (whose update is divided by the layer's width) at 3e-1, TinyLoRA (which moves the weight's top singular
+# directions) at 3e-4 to 3e-3.
 PEERS = {
-    "vera": (peft.VeraConfig, "VeRA scaling vectors (frozen shared random projections) and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
-    "pvera": (peft.PveraConfig, "PVeRA scaling vectors and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
-    "fourierft": (peft.FourierFTConfig, "FourierFT spectral coefficients and the head", 3e-2, (1e-2, 3e-2, 1e-1)),
-    "vblora": (peft.VBLoRAConfig, "VB-LoRA's vector bank and logits, and the head", 3e-3, (1e-3, 3e-3, 1e-2)),
-    "loha": (peft.LoHaConfig, "LoHa (Hadamard) factors and the head", 3e-3, (1e-3, 3e-3, 1e-2)),
-    "ia3": (peft.IA3Config, "(IA)³ scaling vectors and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
-    "oft": (peft.OFTConfig, "OFT orthogonal blocks and the head", 1e-3, (3e-4, 1e-3, 3e-3)),
-    "lily": (peft.LilyConfig, "Lily's shared factors and the head", 3e-3, (1e-3, 3e-3, 1e-2)),
-    "tinylora": (peft.TinyLoraConfig, "TinyLoRA vectors (frozen random projections) and the head", 3e-3, (1e-3, 3e-3, 1e-2)),
-    "c3a": (peft.C3AConfig, "C3A circulant kernels and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+    "vera": (peft.VeraConfig, "VeRA scaling vectors (frozen shared random projections) and the head", 3e-2, (1e-2, 3e-2, 1e-1)),
+    "pvera": (peft.PveraConfig, "PVeRA scaling vectors and the head", 3e-2, (1e-2, 3e-2, 1e-1)),
+    "fourierft": (peft.FourierFTConfig, "FourierFT spectral coefficients and the head", 1e-1, (3e-2, 1e-1, 3e-1)),
+    "vblora": (peft.VBLoRAConfig, "VB-LoRA's vector bank and logits, and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+    "loha": (peft.LoHaConfig, "LoHa (Hadamard) factors and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+    "ia3": (peft.IA3Config, "(IA)³ scaling vectors and the head", 3e-2, (1e-2, 3e-2, 1e-1)),
+    "oft": (peft.OFTConfig, "OFT orthogonal blocks and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+    "lily": (peft.LilyConfig, "Lily's shared factors and the head", 1e-2, (3e-3, 1e-2, 3e-2)),
+    "tinylora": (peft.TinyLoraConfig, "TinyLoRA vectors (frozen random projections) and the head", 1e-3, (3e-4, 1e-3, 3e-3)),
+    "c3a": (peft.C3AConfig, "C3A circulant kernels and the head", 3e-1, (1e-1, 3e-1, 1.0)),
 }  # fmt: skip
+# The peers whose documentation says to tune a scale: its config field and the values `kadapt bench` searches with the
+# learning rates (FourierFT: PEFT's default 150 and half of it: it also scales FourierFT's random initial spectrum,
+# and the pilot found 300, PEFT's advice for ViTs trained for epochs, far below both in 50 steps; LoHa: the alphas the
+# frontier study searches for LoRA; Lily: a decade either side of the 1.0 its documentation starts from). A variant
+# that writes the field (`fourierft scaling=300`) trains at that value only.
+PEER_SCALES = {
+    "fourierft": ("scaling", (75.0, 150.0)),
+    "loha": ("alpha", (1.0, 4.0, 16.0)),
+    "lily": ("scaling", (0.1, 1.0, 10.0)),
+}
 for _name, (_cls, _trains, _lr, _grid) in PEERS.items():
+    _field, _scales = PEER_SCALES.get(_name, (None, ()))
     METHODS[_name] = Method(
-        _name, _trains, _lr, _grid, _peer(_cls), peft_type=_name.upper(), options_class=_cls, quick_learning_rate=_lr
+        _name,
+        _trains,
+        _lr,
+        _grid,
+        _peer(_cls),
+        peft_type=_name.upper(),
+        options_class=_cls,
+        quick_learning_rate=_lr,
+        alpha_field=_field,
+        alpha_grid=_scales,
     )
+
+
+def with_alpha(args: ModelArguments, alpha: float) -> ModelArguments:
+    """`args` with its method's adapter scale set to `alpha`: a ModelArguments field, or a peer's config field written
+    into `peft_options` (replacing the one there)."""
+    method = get_method(args.method)
+    if method.alpha_field is None:
+        raise ValueError(f"Method {method.name!r} has no adapter scale to set to {alpha:g}.")
+    if method.options_class is None:
+        return replace(args, **{method.alpha_field: alpha})
+    kept = [p for p in (args.peft_options or "").split(",") if p and p.partition("=")[0].strip() != method.alpha_field]
+    return replace(args, peft_options=",".join([*kept, f"{method.alpha_field}={alpha:g}"]))
 
 
 def get_method(name: str) -> Method:
@@ -367,5 +404,7 @@ def methods_markdown() -> str:
     lines = ["| method | trains | default learning rate | `kadapt bench` grid |", "|---|---|---|---|"]
     for m in METHODS.values():
         grid = ", ".join(f"{lr:g}" for lr in m.lr_grid)
+        if m.alpha_grid:
+            grid += f" × `{m.alpha_field}` " + ", ".join(f"{a:g}" for a in m.alpha_grid)
         lines.append(f"| `{m.name}` | {m.trains} | {m.learning_rate:g} | {grid} |")
     return "\n".join(lines)

@@ -108,7 +108,10 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
         "shrinks them at most 2x; 112 px for larger ones)",
     )
     p.add_argument(
-        "--adapter_lrs", default=None, help="comma-separated learning-rate grid for every adapter method (lora, ...)"
+        "--adapter_lrs",
+        default=None,
+        help="comma-separated learning-rate grid for kadaptation, lora and lokr (the peers keep the method table's; "
+        "--grid sets a variant's)",
     )
     p.add_argument(
         "--grid",
@@ -117,7 +120,12 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
         metavar="VARIANT=LR,LR",
         help="learning-rate grid of one variant, e.g. --grid 'linear=3e-2,1e-1' (repeatable)",
     )
-    p.add_argument("--alphas", default=None, help="comma-separated adapter scales searched with the learning rates")
+    p.add_argument(
+        "--alphas",
+        default=None,
+        help="comma-separated adapter scales (alpha) searched with the learning rates for kadaptation, lora and lokr "
+        "(a peer searches its own: the method table)",
+    )
     p.add_argument("--quick", action="store_true", help="textiles, k=5, one seed, 4 variants, one learning rate each")
     p.add_argument("--output_dir", default="outputs/bench")
     p.add_argument("--records", default=None, help="records file (default: OUTPUT_DIR/records.jsonl); resumes from it")
@@ -152,7 +160,8 @@ def grids(args) -> dict[str, list[Candidate]]:
     alphas = tuple(comma_floats(args.alphas, "--alphas", "adapter scales, e.g. 1,4,16")) if args.alphas else None
     if alphas and args.quick:
         raise ValueError("--quick trains one learning rate and alpha per variant: drop --alphas, or drop --quick.")
-    with_alpha = [v for v in variants if alphas and re.search(r"(^|\s)alpha=", v)]
+    own = {v for v in variants if methods[v].options_class is None and methods[v].alpha_field is not None}
+    with_alpha = [v for v in variants if alphas and v in own and re.search(r"(^|\s)alpha=", v)]
     if with_alpha:
         raise ValueError(
             f"--alphas would replace the alpha= written in {with_alpha}: drop one of them (write alpha= in every "
@@ -164,7 +173,7 @@ def grids(args) -> dict[str, list[Candidate]]:
     if args.adapter_lrs:
         lrs = comma_floats(args.adapter_lrs, "--adapter_lrs", "learning rates, e.g. 1e-3,3e-3")
         for v, grid in out.items():
-            if methods[v].alpha_field is not None:  # adapter methods
+            if v in own:  # KAdaptation, LoRA, LoKr (a peer keeps its grid; `--grid` sets its rates)
                 out[v] = [Candidate(lr, a) for a in dict.fromkeys(c.alpha for c in grid) for lr in lrs]
     for item in args.grid:
         name, _, values = item.rpartition("=")

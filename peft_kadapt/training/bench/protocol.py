@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -34,7 +35,7 @@ import torch
 from ..backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwargs
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
 from ..engine import Recipe, evaluate, fit
-from ..methods import HEAD, METHODS, build_model, canonical_variant, get_method, is_head, parse_variant
+from ..methods import HEAD, METHODS, build_model, canonical_variant, is_head, parse_variant, with_alpha
 from ..records import read_records as read_typed_records
 
 
@@ -231,7 +232,7 @@ def saved_bytes(model, is_peft: bool) -> int:
 def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, x, y, device: str):
     spec = parse_variant(variant, model_name_or_path=settings.model_name_or_path)
     if candidate.alpha is not None:
-        spec = replace(spec, **{get_method(spec.method).alpha_field: candidate.alpha})
+        spec = with_alpha(spec, candidate.alpha)
     torch.manual_seed(settings.train_seed)
     try:
         model, is_peft = build_model(spec, labels)
@@ -378,10 +379,15 @@ def _record(variant, split, settings, grid_dicts, best, test, test_images, model
 
 
 def default_grid(variant: str, alphas: tuple[float, ...] | None = None) -> list[Candidate]:
-    """The method table's learning-rate grid, crossed with `alphas` for adapter methods."""
+    """The method table's learning-rate grid, crossed with `alphas` for KAdaptation, LoRA and LoKr, and with a peer's
+    own scales (`alpha_grid`) unless the variant writes its scale."""
     method = METHODS[variant.split()[0]]
-    scales = alphas if (alphas and method.peft_config is not None) else (None,)
-    return [Candidate(lr, alpha) for alpha in scales for lr in method.lr_grid]
+    if method.options_class is not None:
+        written = re.search(rf"(^|\s){method.alpha_field}=", variant) if method.alpha_field else True
+        scales = () if written else method.alpha_grid
+    else:
+        scales = alphas if (alphas and method.alpha_field) else ()
+    return [Candidate(lr, alpha) for alpha in (scales or (None,)) for lr in method.lr_grid]
 
 
 def run_job(

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One worker of the frontier study: every N-th split from W, seed-major (seeds 0-2 of every dataset and k come before
+# seeds 3-4, so a partial study is balanced), one thread, appending one record per (split, variant) to the committed
+# records; a split already recorded is skipped, so a queue stopped anywhere resumes where it stopped.
+#
+#   benchmarks/frontier_queue.sh W N ONLY            # e.g. on 2 cores: W = 0 and W = 1 with N = 2, in two shells
+#   benchmarks/frontier_queue.sh 0 2 kadaptation     # the KAdaptation re-run
+#   benchmarks/frontier_queue.sh 1 2 vera,pvera,fourierft,vblora,loha,ia3,oft,lily,tinylora,c3a   # the peers
+#
+# Environment: PYTHON (default .venv/bin/python), SEEDS (default "0 1 2 3 4"), RECORDS (default
+# benchmarks/results/frontier.jsonl). Logs go to outputs/frontier_queue_W.log.
+set -euo pipefail
+[ $# -eq 3 ] || { echo "usage: $0 WORKER WORKERS ONLY (see the header)" >&2; exit 2; }
+cd "$(dirname "$0")/.."
+worker=$1 workers=$2 only=$3
+python=${PYTHON:-.venv/bin/python}
+records=${RECORDS:-benchmarks/results/frontier.jsonl}
+mkdir -p outputs
+i=0
+for seed in ${SEEDS:-0 1 2 3 4}; do
+  for dataset in mnist5k textiles fashion_mnist digits; do
+    for k in 5 20; do
+      if [ $((i % workers)) -eq "$worker" ]; then
+        OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --extend_edges 1 --datasets "$dataset" \
+          --shots "$k" --seeds "$seed" --workers 1 --speed_rounds 0 --records "$records" \
+          --output_dir "outputs/frontier_${only//,/_}_${dataset}_${k}_${seed}" >> "outputs/frontier_queue_$worker.log" 2>&1
+      fi
+      i=$((i + 1))
+    done
+  done
+done
