@@ -98,10 +98,12 @@ def peer_variants(budgets: list[int], model_name_or_path: str, labels: list[str]
                     counts[variant] = adapter_parameters(variant, model_name_or_path, labels)
                 except (ValueError, RuntimeError, TypeError):  # a size this model's shapes cannot take
                     continue
+            order = list(counts)  # PEER_SIZES' order: smallest, then least expressive, first
             for budget in budgets:
                 fitting = {v: c for v, c in counts.items() if c <= TOLERANCE * budget}
-                if fitting:
-                    best = max(fitting, key=lambda v: fitting[v])
+                if fitting:  # the most parameters that fit; among equal counts the later size (TinyLoRA's r leaves
+                    # its count alone but sets the rank of its r × r core: r = 1 trains one direction per layer)
+                    best = max(fitting, key=lambda v: (fitting[v], order.index(v)))
                     out[best] = fitting[best]
     return out
 

@@ -26,3 +26,6 @@ for v in "${V[@]}"; do methods="$methods,${v%=*}"; grid+=(--grid "$v"); done
   --grid "tinylora r=1 u=256 $QV=1e-5,3e-5,1e-4,3e-4,1e-3" \
   --grid "fourierft n_frequency=500 scaling=150 $QV=1e-3,3e-3,1e-2,3e-2,1e-1" \
   --grid "fourierft n_frequency=500 scaling=75 $QV=1e-3,3e-3,1e-2,3e-2,1e-1" --output_dir outputs/peer_lr_pilot2
+# pass 3: TinyLoRA at the size the study takes (r = 4: a 4 × 4 core; r = 1 of passes 1-2 trains a scalar per layer)
+"$KADAPT" bench "${common[@]}" --methods "tinylora r=4 u=256 $QV" \
+  --grid "tinylora r=4 u=256 $QV=1e-4,3e-4,1e-3,3e-3,1e-2" --output_dir outputs/peer_lr_pilot3

@@ -33,3 +33,9 @@ def test_the_peers_run_in_a_pass_of_their_own_with_their_head_rate(tiny_backbone
     assert "--head_lr" not in own and "linear=1e-3,3e-3,1e-2" in own
     assert peers[peers.index("--head_lr") + 1] == frontier.PEER_HEAD_LR
     assert not {"--grid", "--alphas", "--adapter_lrs"} & set(peers)  # the peers search their own grids
+
+
+def test_a_peer_whose_sizes_tie_in_count_takes_the_more_expressive(tiny_backbone):
+    # TinyLoRA's count is u per layer whatever r: r = 4 (a 4 × 4 core) beats r = 1 (a scalar) at the same count
+    variants = frontier.peer_variants([10**6], tiny_backbone, ["a", "b"], ["tinylora"])
+    assert sorted(v.split(" targets=")[0] for v in variants) == ["tinylora r=4 u=256"] * 2

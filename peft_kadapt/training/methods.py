@@ -243,7 +243,7 @@ FEEDFORWARD_OUTPUTS = ("fc2", "output.dense", "mlp.fc2", "down_proj")
 # two 56 px splits, the ~20k size on q/v, the head at 3e-3; docs/results.md), and widened by the bench's edge
 # extension in the study. Most train best at 1e-2 to 3e-2, VeRA and (IA)³ at 3e-2, FourierFT (at scaling 75) at 1e-1,
 # C3A (whose update is divided by the layer's width) at 3e-1, TinyLoRA (which moves the weight's top singular
-# directions) at 3e-4 to 3e-3.
+# directions) at 1e-3 to 3e-3.
 PEERS = {
     "vera": (peft.VeraConfig, "VeRA scaling vectors (frozen shared random projections) and the head", 3e-2, (1e-2, 3e-2, 1e-1)),
     "pvera": (peft.PveraConfig, "PVeRA scaling vectors and the head", 3e-2, (1e-2, 3e-2, 1e-1)),
