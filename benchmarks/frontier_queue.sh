@@ -8,14 +8,15 @@
 #   benchmarks/frontier_queue.sh 1 2 vera,pvera,fourierft,vblora,loha,ia3,oft,lily,tinylora,c3a   # the peers
 #
 # Environment: PYTHON (default .venv/bin/python), SEEDS (default "0 1 2 3 4"), RECORDS (default
-# benchmarks/results/frontier.jsonl). Logs go to outputs/frontier_queue_W.log.
+# benchmarks/results/frontier.jsonl), LOGS (default outputs: the log is LOGS/frontier_queue_W.log).
 set -euo pipefail
 [ $# -eq 3 ] || { echo "usage: $0 WORKER WORKERS ONLY (see the header)" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 worker=$1 workers=$2 only=$3
 python=${PYTHON:-.venv/bin/python}
 records=${RECORDS:-benchmarks/results/frontier.jsonl}
-mkdir -p outputs
+logs=${LOGS:-outputs}
+mkdir -p "$logs"
 i=0
 for seed in ${SEEDS:-0 1 2 3 4}; do
   for dataset in mnist5k textiles fashion_mnist digits; do
@@ -23,7 +24,7 @@ for seed in ${SEEDS:-0 1 2 3 4}; do
       if [ $((i % workers)) -eq "$worker" ]; then
         OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --extend_edges 1 --datasets "$dataset" \
           --shots "$k" --seeds "$seed" --workers 1 --speed_rounds 0 --records "$records" \
-          --output_dir "outputs/frontier_${only//,/_}_${dataset}_${k}_${seed}" >> "outputs/frontier_queue_$worker.log" 2>&1
+          --output_dir "outputs/frontier_${only//,/_}_${dataset}_${k}_${seed}" >> "$logs/frontier_queue_$worker.log" 2>&1
       fi
       i=$((i + 1))
     done

@@ -1,6 +1,8 @@
 """benchmarks/frontier.py chooses budget-matched variants (peers included when named) and times them."""
 
 import importlib.util
+import os
+import subprocess
 from pathlib import Path
 
 
@@ -39,3 +41,21 @@ def test_a_peer_whose_sizes_tie_in_count_takes_the_more_expressive(tiny_backbone
     # TinyLoRA's count is u per layer whatever r: r = 4 (a 4 × 4 core) beats r = 1 (a scalar) at the same count
     variants = frontier.peer_variants([10**6], tiny_backbone, ["a", "b"], ["tinylora"])
     assert sorted(v.split(" targets=")[0] for v in variants) == ["tinylora r=4 u=256"] * 2
+
+
+def test_the_queue_shares_the_splits_between_workers_seed_major(tmp_path):
+    fake = tmp_path / "python"  # records each split it is asked to run instead of training
+    fake.write_text('#!/bin/sh\necho "$*" >> "$LOGS/calls"\n')
+    fake.chmod(0o755)
+    script = Path(__file__).parents[1] / "benchmarks" / "frontier_queue.sh"
+    env = {**os.environ, "PYTHON": str(fake), "SEEDS": "0 1", "LOGS": str(tmp_path)}
+    for worker in ("0", "1"):
+        subprocess.run(["bash", str(script), worker, "2", "kadaptation"], env=env, check=True)
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    splits = [(c[c.index("--datasets") + 1], c[c.index("--shots") + 1], c[c.index("--seeds") + 1]) for c in calls]
+    first, second = splits[:8], splits[8:]  # worker 0's, then worker 1's
+    assert all(k == "5" for _, k, _ in first) and all(k == "20" for _, k, _ in second)
+    datasets = ("mnist5k", "textiles", "fashion_mnist", "digits")
+    assert sorted(first + second) == sorted((d, k, s) for d in datasets for k in ("5", "20") for s in ("0", "1"))
+    assert [s for _, _, s in first] == ["0"] * 4 + ["1"] * 4  # seed-major
+    assert all(c[c.index("--only") + 1] == "kadaptation" and "--extend_edges" in c for c in calls)
