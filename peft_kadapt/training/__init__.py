@@ -56,9 +56,9 @@ __all__ = [
     "is_head",
     "load_image_dataset",
     "parse_variant",
-    "with_alpha",
     "plot_training_curve",
     "pos_encoding_kwargs",
     "resolve_model",
     "to_tensors",
+    "with_alpha",
 ]
