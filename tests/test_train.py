@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 from tiny_peers import peer_options
 
+from peft_kadapt.training import build_model, is_head
 from peft_kadapt.training.cli import main as kadapt
 from peft_kadapt.training.methods import METHODS
-from peft_kadapt.training.run_image_classification import parse_args
+from peft_kadapt.training.run_image_classification import make_trainer, parse_args
 
 
 def train_args(backbone, out, *extra):
@@ -69,12 +70,15 @@ METHOD_NAMES = list(METHODS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHOD_NAMES)
-def test_resume_reproduces_the_uninterrupted_run(method, tiny_backbone, tmp_path):
+@pytest.mark.parametrize(
+    ("method", "extra"), [(m, ()) for m in METHOD_NAMES] + [("c3a", ("--head_learning_rate", "3e-3"))]
+)  # the head in optimizer groups of its own resumes too
+def test_resume_reproduces_the_uninterrupted_run(method, extra, tiny_backbone, tmp_path):
     common = (
         "--method",
         method,
         *peer_options(method),
+        *extra,
         "--lr_scheduler_type",
         "constant",
         "--seed",
@@ -100,6 +104,7 @@ def test_resume_reproduces_the_uninterrupted_run(method, tiny_backbone, tmp_path
     a = json.loads((tmp_path / "full" / "metrics.json").read_text())
     b = json.loads((tmp_path / "part" / "metrics.json").read_text())
     assert a["test_accuracy"] == b["test_accuracy"] and a["validation_accuracy"] == b["validation_accuracy"]
+    assert a["head_learning_rate"] == (float(extra[1]) if extra else None)
 
 
 @pytest.mark.slow
@@ -297,3 +302,27 @@ def test_class_names_travel_with_the_adapter_and_load_from_anywhere(tmp_path, ti
     with torch.no_grad():
         logits = model(pixel_values=torch.zeros(1, 3, 32, 32), interpolate_pos_encoding=True).logits
     assert logits.shape == (1, 3)
+
+
+def test_head_learning_rate_puts_the_head_in_groups_of_its_own(tiny_backbone, tmp_path):
+    flags = ["--method", "c3a", "--peft_options", "block_size=8", "--target_modules", "q_proj,v_proj"]
+    model_args, _, training = parse_args(
+        [*flags, "--model_name_or_path", tiny_backbone, "--learning_rate", "0.3", "--head_learning_rate", "0.003"]
+        + ["--output_dir", str(tmp_path)]
+    )
+    model, _ = build_model(model_args, ["a", "b"])
+    optimizer = make_trainer(model, training, {"train": [], "validation": []}, {}).create_optimizer()
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    assert set(groups) == {n for n, p in model.named_parameters() if p.requires_grad}  # each once, none lost
+    assert {n for n, (lr, _) in groups.items() if lr == 0.003} == {n for n in groups if is_head(n)}
+    assert {lr for n, (lr, _) in groups.items() if not is_head(n)} == {0.3}
+    assert [wd for n, (_, wd) in sorted(groups.items()) if is_head(n)] == [0.0, training.weight_decay]  # bias, weight
+
+
+def test_head_learning_rate_is_checked(capsys):
+    with pytest.raises(ValueError, match="--head_learning_rate must be above 0, got 0.0"):
+        parse_args(["--method", "lora", "--head_learning_rate", "0", "--output_dir", "x"])
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "linear", "--head_learning_rate", "0.01", "--output_dir", "x"])
+    assert "--head_learning_rate: the linear probe trains the head only" in capsys.readouterr().err

@@ -104,6 +104,14 @@ class ImageClassificationTrainingArguments(TrainingArguments):
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate (default: the method's, from the method table)."}
     )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the new classification head, in parameter groups of its own (default: "
+            "--learning_rate). For adapters that train at 1e-1 or more (c3a, fourierft), whose default rates assume "
+            "the head at 3e-3: docs/training.md."
+        },
+    )
     num_train_epochs: float = field(default=15.0, metadata={"help": "Training epochs."})
     # the recipe's defaults (one place: the engine's Recipe, also the Accelerate example's, checked by a test)
     per_device_train_batch_size: int = field(
@@ -133,6 +141,11 @@ class ImageClassificationTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"--learning_rate must be above 0, got {self.learning_rate}; leave it out for the method's default."
             )
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(
+                f"--head_learning_rate must be above 0, got {self.head_learning_rate}; leave it out to train the head "
+                "at --learning_rate."
+            )
         if self.metric_for_best_model is not None and self.metric_for_best_model.removeprefix("eval_") not in (
             "accuracy",
             "loss",
@@ -159,6 +172,8 @@ def parse_args(argv: list[str] | None = None):
         parser.error(f"--method must be one of {', '.join(METHODS)}, got {model_args.method!r}")
     if training_args.learning_rate is None:
         training_args.learning_rate = METHODS[model_args.method].learning_rate
+    if training_args.head_learning_rate is not None and model_args.method == "linear":
+        parser.error("--head_learning_rate: the linear probe trains the head only; set its rate with --learning_rate")
     return model_args, data_args, training_args
 
 
@@ -292,7 +307,7 @@ def make_trainer(model, training_args, splits, extra: dict) -> Trainer:
         pixel_values = torch.stack([e["pixel_values"] for e in examples])
         return {"pixel_values": pixel_values, "labels": torch.tensor([e["labels"] for e in examples]), **extra}
 
-    return Trainer(
+    return HeadRateTrainer(
         model=model,
         args=training_args,
         train_dataset=splits["train"],
@@ -300,6 +315,27 @@ def make_trainer(model, training_args, splits, extra: dict) -> Trainer:
         data_collator=collate,
         compute_metrics=compute_metrics,
     )
+
+
+class HeadRateTrainer(Trainer):
+    """The Trainer, with the new head's parameters at `--head_learning_rate` when it is given (groups of their own,
+    each keeping its weight decay; the schedule scales every group alike)."""
+
+    def create_optimizer(self, model=None):
+        new = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        head_lr = self.args.head_learning_rate
+        if not new or head_lr is None:
+            return optimizer
+        names = {id(p): n for n, p in (self.model if model is None else model).named_parameters()}
+        for group in list(optimizer.param_groups):
+            head = [p for p in group["params"] if is_head(names.get(id(p), ""))]
+            if head:
+                group["params"] = [p for p in group["params"] if not is_head(names.get(id(p), ""))]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": head})
+                optimizer.param_groups[-1]["lr"] = head_lr
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        return optimizer
 
 
 def save_run(trainer, model_args, data_args, training_args, is_peft, splits, scores, start: float) -> dict:
@@ -347,6 +383,7 @@ def collect_metrics(model_args, data_args, training_args, model, is_peft, splits
         "model_args": asdict(model_args),
         "data_args": asdict(data_args),
         "learning_rate": training_args.learning_rate,
+        "head_learning_rate": training_args.head_learning_rate,
         "num_train_epochs": training_args.num_train_epochs,
         "max_steps": training_args.max_steps,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
