@@ -102,16 +102,23 @@ def optimizer_and_schedule(model: nn.Module, recipe: Recipe):
             (lr for prefix, lr in recipe.prefix_learning_rates if name.startswith(prefix)), recipe.learning_rate
         )
 
-    groups = [  # the Trainer's two weight-decay groups, each split by learning rate when prefixes set other rates
-        {"params": [p for n, p in trainable if (n in decay) == decays and rate(n) == lr], "weight_decay": wd, "lr": lr}
-        for decays, wd in ((True, recipe.weight_decay), (False, 0.0))
-        for lr in dict.fromkeys([recipe.learning_rate, *(lr for _, lr in recipe.prefix_learning_rates)])
-    ]
-    optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+    rates = [recipe.learning_rate, *(lr for _, lr in recipe.prefix_learning_rates)]
+    optimizer = optimizer_cls(rate_groups(trainable, decay, recipe.weight_decay, rate, rates), **optimizer_kwargs)
     schedule = get_scheduler(
         recipe.lr_scheduler_type, optimizer, num_warmup_steps=recipe.warmup_steps, num_training_steps=recipe.max_steps
     )
     return optimizer, schedule
+
+
+def rate_groups(trainable, decay: set[str], weight_decay: float, rate, rates) -> list[dict]:
+    """The Trainer's two weight-decay groups of the `trainable` (name, parameter) pairs, each split by learning rate
+    (`rate(name)`, one of `rates`, in that order); empty groups left out."""
+    groups = [
+        {"params": [p for n, p in trainable if (n in decay) == decays and rate(n) == lr], "weight_decay": wd, "lr": lr}
+        for decays, wd in ((True, weight_decay), (False, 0.0))
+        for lr in dict.fromkeys(rates)
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

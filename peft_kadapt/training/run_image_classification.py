@@ -47,6 +47,7 @@ from peft_kadapt.training import (
     pos_encoding_kwargs,
     staged,
 )
+from peft_kadapt.training.engine import rate_groups
 from peft_kadapt.training.flags import require_counts
 from peft_kadapt.training.logs import setup_logging
 
@@ -318,24 +319,21 @@ def make_trainer(model, training_args, splits, extra: dict) -> Trainer:
 
 
 class HeadRateTrainer(Trainer):
-    """The Trainer, with the new head's parameters at `--head_learning_rate` when it is given (groups of their own,
-    each keeping its weight decay; the schedule scales every group alike)."""
+    """The Trainer, with the new head's parameters at `--head_learning_rate` when it is given (the Trainer's optimiser
+    and weight-decay groups, each split by rate as `kadapt bench --head_lr` splits them; the schedule scales every
+    group alike)."""
 
     def create_optimizer(self, model=None):
-        new = self.optimizer is None
-        optimizer = super().create_optimizer(model)
-        head_lr = self.args.head_learning_rate
-        if not new or head_lr is None:
-            return optimizer
-        names = {id(p): n for n, p in (self.model if model is None else model).named_parameters()}
-        for group in list(optimizer.param_groups):
-            head = [p for p in group["params"] if is_head(names.get(id(p), ""))]
-            if head:
-                group["params"] = [p for p in group["params"] if not is_head(names.get(id(p), ""))]
-                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": head})
-                optimizer.param_groups[-1]["lr"] = head_lr
-        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
-        return optimizer
+        head_lr, lr = self.args.head_learning_rate, self.args.learning_rate
+        if self.optimizer is None and head_lr is not None:
+            model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            decay = set(self.get_decay_parameter_names(model))
+            rate = lambda name: head_lr if is_head(name) else lr  # noqa: E731
+            groups = rate_groups(trainable, decay, self.args.weight_decay, rate, [lr, head_lr])
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
 
 
 def save_run(trainer, model_args, data_args, training_args, is_peft, splits, scores, start: float) -> dict:
