@@ -100,6 +100,12 @@ class Method:
     quick_learning_rate: float = 1e-3  # the one learning rate of `kadapt bench --quick`
     options_class: type | None = None  # the PEFT config whose fields `peft_options` and the variant keys set
 
+    @property
+    def searches_alphas(self) -> bool:
+        """Whether `kadapt bench --alphas` crosses this method's scale with its learning rates (KAdaptation, LoRA,
+        LoKr); a peer searches its own `alpha_grid` instead, and a method without a scale searches none."""
+        return self.options_class is None and self.alpha_field is not None
+
 
 def _kadaptation(args: ModelArguments, targets: list[str]) -> PeftConfig:
     if args.kadapt_config:

@@ -160,7 +160,7 @@ def grids(args) -> dict[str, list[Candidate]]:
     alphas = tuple(comma_floats(args.alphas, "--alphas", "adapter scales, e.g. 1,4,16")) if args.alphas else None
     if alphas and args.quick:
         raise ValueError("--quick trains one learning rate and alpha per variant: drop --alphas, or drop --quick.")
-    own = {v for v in variants if methods[v].options_class is None and methods[v].alpha_field is not None}
+    own = {v for v in variants if methods[v].searches_alphas}
     with_alpha = [v for v in variants if alphas and v in own and re.search(r"(^|\s)alpha=", v)]
     if with_alpha:
         raise ValueError(

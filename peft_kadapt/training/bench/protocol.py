@@ -382,11 +382,11 @@ def default_grid(variant: str, alphas: tuple[float, ...] | None = None) -> list[
     """The method table's learning-rate grid, crossed with `alphas` for KAdaptation, LoRA and LoKr, and with a peer's
     own scales (`alpha_grid`) unless the variant writes its scale."""
     method = METHODS[variant.split()[0]]
-    if method.options_class is not None:
+    if method.searches_alphas:
+        scales = alphas or ()
+    else:  # a peer: its own scales, unless the variant writes one (a method without a scale has none)
         written = re.search(rf"(^|\s){method.alpha_field}=", variant) if method.alpha_field else True
         scales = () if written else method.alpha_grid
-    else:
-        scales = alphas if (alphas and method.alpha_field) else ()
     return [Candidate(lr, alpha) for alpha in (scales or (None,)) for lr in method.lr_grid]
 
 
