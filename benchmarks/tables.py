@@ -16,7 +16,8 @@ paired difference against the class's LoRA on the same splits.
 
 Verdict (`--verdict`): in every budget class, each KAdaptation variant against each LoRA and LoKr variant of the
 class, paired over splits, per dataset and pooled over datasets (win / tie / loss counts), then the study's three
-targets checked from those numbers, pooled over k and, where the records have more than one k, on each k alone.
+targets checked from those numbers (and, for KAdaptation on all linear layers, against its q/v variant and LoRA r = 1
+on all linear layers), pooled over k and, where the records have more than one k, on each k alone.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ REFERENCES = ("linear", "bitfit", "full")  # methods without adapter: reported a
 TOLERANCE = 1.1
 PEERS = ("lora", "lokr")
 LORA_R8 = "lora r=8 targets=q_proj+v_proj"  # the study's accuracy reference for the "quarter of LoRA" target
+ALL_LINEAR = "q_proj+k_proj+v_proj+o_proj+fc1+fc2"  # every linear layer of a ViT block
+LORA_R1_ALL_LINEAR = f"lora r=1 targets={ALL_LINEAR}"  # what KAdaptation on all linear layers has to be ahead of
+ALL_LINEAR_SLACK = 0.005  # KAdaptation on all linear layers may trail its q/v variant by this much (half a point)
 
 
 def budget_class(adapter_parameters: int, budgets=BUDGETS) -> int | None:
@@ -208,6 +212,41 @@ def targets(records: list[RunRecord], rows: list[dict], budgets=BUDGETS) -> list
     cells = sum(key in linear for key, _, _ in kadapt)
     met = "met" if not below else f"not met ({'; '.join(below)})"
     lines.append(f"- every KAdaptation variant above the linear probe (mean test accuracy, {cells} cells): {met}.")
+    return lines + all_linear_targets(records)
+
+
+def _setting(variant: str, key: str, default: str | None = None) -> str | None:
+    return next((t.split("=", 1)[1] for t in variant.split()[1:] if t.startswith(f"{key}=")), default)
+
+
+def all_linear_targets(records: list[RunRecord]) -> list[str]:
+    """Each KAdaptation variant on all linear layers against (1) its q/v variants, KAdaptation on q_proj+v_proj of the
+    same parametrisation: the one with the same n and r, and the largest with no more adapter parameters (pooled mean
+    paired difference ≥ -0.5 point), and (2) LoRA r = 1 on all linear layers (pooled mean paired difference > 0)."""
+    lines = []
+    kadapt = {r.variant: r.adapter_parameters for r in records if r.method == "kadaptation"}
+    for variant in sorted(v for v in kadapt if _setting(v, "targets") == ALL_LINEAR):
+        kind = _setting(variant, "parametrization", "legacy")  # records written before the field are legacy
+        qv = sorted(
+            (count, v)
+            for v, count in kadapt.items()
+            if _setting(v, "targets") == "q_proj+v_proj" and _setting(v, "parametrization", "legacy") == kind
+        )
+        same = [v for _, v in qv if all(_setting(v, key) == _setting(variant, key) for key in ("n", "r"))]
+        largest = [v for count, v in qv if count <= kadapt[variant]][-1:]
+        checks = [(v, -ALL_LINEAR_SLACK, "≥ -0.005") for v in dict.fromkeys(same + largest)]
+        checks += [(LORA_R1_ALL_LINEAR, None, "> 0")] if LORA_R1_ALL_LINEAR in {r.variant for r in records} else []
+        for reference, threshold, rule in checks:
+            chosen = [r for r in records if r.variant in (variant, reference)]
+            row = next((p for p in paired_differences(chosen, reference) if p["dataset"] == "pooled"), None)
+            if row is None:
+                continue
+            passed = row["difference"] > 0 if threshold is None else row["difference"] >= threshold
+            lines.append(
+                f"- all linear layers: {variant} against {reference} (pooled mean paired difference {rule}): "
+                f"{'met' if passed else 'not met'} ({_signed(row['difference'], row['interval'])} over "
+                f"{row['splits']} splits, {row['wins']} / {row['ties']} / {row['losses']})."
+            )
     return lines
 
 

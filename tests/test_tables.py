@@ -134,6 +134,28 @@ def test_verdict_checks_the_targets_on_each_k_alone_too(tmp_path, capsys):
     assert "each k's splits alone" not in capsys.readouterr().out  # one k: the targets above are already its own
 
 
+def test_verdict_checks_all_linear_kadaptation_against_its_q_v_variants_and_lora_r1():
+    al, qv, lm = "targets=q_proj+k_proj+v_proj+o_proj+fc1+fc2", "targets=q_proj+v_proj", "parametrization=lora_matched"
+    records = []
+    for seed, base in enumerate((0.50, 0.60)):
+        records += [
+            record(f"kadaptation n=8 r=1 {lm} {al}", seed, base, 86_016),
+            record(f"kadaptation n=8 r=1 {lm} {qv}", seed, base + 0.004, 19_456),  # AL trails by 0.4 point: met
+            record(f"kadaptation n=16 r=2 {lm} {qv}", seed, base + 0.02, 45_056),  # the largest within 86k: 2 points
+            record(f"kadaptation n=32 r=4 {lm} {qv}", seed, base + 0.10, 90_000),  # more parameters: not compared
+            record(f"kadaptation n=8 r=1 {al}", seed, base, 86_016),  # legacy: compared with legacy only (none here)
+            record(f"lora r=1 {al}", seed, base - 0.01, 82_944),
+        ]
+    lines = tables.all_linear_targets(records)
+    assert len(lines) == 4, lines
+    legacy_lora, same, largest, lora = lines  # sorted by variant: the legacy one is named parametrization=legacy
+    assert f"n=8 r=1 {lm} {al} against kadaptation n=8 r=1 {lm} {qv}" in same and ": met (-0.004" in same
+    assert f"against kadaptation n=16 r=2 {lm} {qv}" in largest and ": not met (-0.020" in largest
+    assert "0 / 0 / 2)" in largest  # wins / ties / losses over the two splits
+    assert f"n=8 r=1 {lm} {al} against lora r=1 {al}" in lora and ": met (+0.010" in lora
+    assert f"n=8 r=1 parametrization=legacy {al} against lora r=1 {al}" in legacy_lora
+
+
 def test_chosen_point_on_the_grid_edge():
     grid = [{"learning_rate": lr, "alpha": a, "validation_accuracy": 0.5, "validation_loss": 1.0}
             for a in (1.0, 4.0) for lr in (1e-3, 3e-3, 1e-2)]  # fmt: skip
