@@ -16,7 +16,7 @@ paired difference against the class's LoRA on the same splits.
 
 Verdict (`--verdict`): in every budget class, each KAdaptation variant against each LoRA and LoKr variant of the
 class, paired over splits, per dataset and pooled over datasets (win / tie / loss counts), then the study's three
-targets checked from those numbers (and, for KAdaptation on all linear layers, against its q/v variant and LoRA r = 1
+targets checked from those numbers (and, for KAdaptation on all linear layers, against its q/v variants and LoRA r = 1
 on all linear layers), pooled over k and, where the records have more than one k, on each k alone.
 """
 
@@ -28,6 +28,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from peft_kadapt.training import parse_variant
 from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
 from peft_kadapt.training.bench.report import (
     accuracy,
@@ -215,24 +216,25 @@ def targets(records: list[RunRecord], rows: list[dict], budgets=BUDGETS) -> list
     return lines + all_linear_targets(records)
 
 
-def _setting(variant: str, key: str, default: str | None = None) -> str | None:
-    return next((t.split("=", 1)[1] for t in variant.split()[1:] if t.startswith(f"{key}=")), default)
-
-
 def all_linear_targets(records: list[RunRecord]) -> list[str]:
     """Each KAdaptation variant on all linear layers against (1) its q/v variants, KAdaptation on q_proj+v_proj of the
     same parametrisation: the one with the same n and r, and the largest with no more adapter parameters (pooled mean
     paired difference ≥ -0.5 point), and (2) LoRA r = 1 on all linear layers (pooled mean paired difference > 0)."""
     lines = []
     kadapt = {r.variant: r.adapter_parameters for r in records if r.method == "kadaptation"}
-    for variant in sorted(v for v in kadapt if _setting(v, "targets") == ALL_LINEAR):
-        kind = _setting(variant, "parametrization", "legacy")  # records written before the field are legacy
+    spec = {v: parse_variant(v) for v in kadapt}  # records name their parametrisation (legacy ones too)
+    for variant in sorted(v for v in kadapt if spec[v].target_modules == ALL_LINEAR.replace("+", ",")):
+        kind = spec[variant].kadapt_parametrization
         qv = sorted(
             (count, v)
             for v, count in kadapt.items()
-            if _setting(v, "targets") == "q_proj+v_proj" and _setting(v, "parametrization", "legacy") == kind
+            if spec[v].target_modules == "q_proj,v_proj" and spec[v].kadapt_parametrization == kind
         )
-        same = [v for _, v in qv if all(_setting(v, key) == _setting(variant, key) for key in ("n", "r"))]
+        same = [
+            v
+            for _, v in qv
+            if (spec[v].kadapt_n, spec[v].kadapt_r) == (spec[variant].kadapt_n, spec[variant].kadapt_r)
+        ]
         largest = [v for count, v in qv if count <= kadapt[variant]][-1:]
         checks = [(v, -ALL_LINEAR_SLACK, "≥ -0.005") for v in dict.fromkeys(same + largest)]
         checks += [(LORA_R1_ALL_LINEAR, None, "> 0")] if LORA_R1_ALL_LINEAR in {r.variant for r in records} else []
