@@ -15,9 +15,11 @@ over; per class and dataset, test accuracy (mean ± 95 % t-interval over samplin
 paired difference against the class's LoRA on the same splits.
 
 Verdict (`--verdict`): in every budget class, each KAdaptation variant against each LoRA and LoKr variant of the
-class, paired over splits, per dataset and pooled over datasets (win / tie / loss counts), then the study's three
-targets checked from those numbers (and, for KAdaptation on all linear layers, against its q/v variants and LoRA r = 1
-on all linear layers), pooled over k and, where the records have more than one k, on each k alone.
+class, paired over splits, per dataset and pooled over datasets (win / tie / loss counts); KAdaptation's variant with
+the best mean validation accuracy in each class against every other adapter of the class (pooled: ahead, tied or
+behind, and the class's highest mean test accuracy); then the study's targets checked from those numbers (and, for
+KAdaptation on all linear layers, against its q/v variants and LoRA r = 1 on all linear layers), pooled over k and,
+where the records have more than one k, on each k alone. `--exclude parametrization=legacy` leaves variants out.
 """
 
 from __future__ import annotations
@@ -252,6 +254,56 @@ def all_linear_targets(records: list[RunRecord]) -> list[str]:
     return lines
 
 
+def _standing(row: dict) -> str:
+    """'ahead' when the pooled paired 95 % interval excludes a loss, 'behind' when it excludes a win, else 'tied'."""
+    low, high = row["difference"] - row["interval"], row["difference"] + row["interval"]
+    if row["difference"] > 0 and low >= 0:
+        return "ahead"
+    return "behind" if row["difference"] < 0 and high <= 0 else "tied"
+
+
+def field_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
+    """In every budget class, KAdaptation's variant with the best mean validation accuracy (validation chooses it)
+    against every other adapter of the class, paired over the splits and pooled; then, per class, the standing in
+    words and the class's highest mean test accuracy."""
+    lines = [
+        "| budget | KAdaptation (best on validation) | against | splits | paired difference (± 95 % CI) "
+        "| wins / ties / losses | standing |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    words = []
+    classes = defaultdict(list)
+    for r in records:
+        classes[class_of(r, budgets)].append(r)
+    for budget in sorted(b for b in classes if b is not None):
+        group = classes[budget]
+        by_variant = defaultdict(list)
+        for r in group:
+            by_variant[r.variant].append(r)
+        kadapt = sorted(v for v in by_variant if by_variant[v][0].method == "kadaptation")
+        if not kadapt:
+            continue
+        best = max(kadapt, key=lambda v: statistics.fmean(r.validation_accuracy for r in by_variant[v]))
+        standing = defaultdict(list)
+        for peer in sorted(v for v in by_variant if v not in kadapt):
+            pairs = paired_differences(by_variant[best] + by_variant[peer], peer)
+            row = next((p for p in pairs if p["dataset"] == "pooled"), None)
+            if row is None:
+                continue
+            standing[_standing(row)].append(peer)
+            lines.append(
+                f"| ~{budget // 1000}k | {best} | {peer} | {row['splits']} | {_diff(row)} | {_standing(row)} |"
+            )
+        top = max(by_variant, key=lambda v: statistics.fmean(r.test_accuracy for r in by_variant[v]))
+        behind = f" (behind: {'; '.join(standing['behind'])})" if standing["behind"] else ""
+        words.append(
+            f"- ~{budget // 1000}k: {best} is ahead of {len(standing['ahead'])}, tied with {len(standing['tied'])} and "
+            f"behind {len(standing['behind'])} of the class's other adapters{behind}; highest mean test accuracy in "
+            f"the class: {top} ({statistics.fmean(r.test_accuracy for r in by_variant[top]):.3f})."
+        )
+    return "\n".join(lines + ["", *words]) + "\n"
+
+
 def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
     """The budget-class comparisons and the study's three targets, each said plainly as met or not."""
     rows = comparisons(records, budgets)
@@ -265,7 +317,8 @@ def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
             f"| ~{row['budget'] // 1000}k | {row['variant']} | {row['peer']} | {row['dataset']} | {row['splits']} "
             f"| {_diff(row)} |"
         )
-    lines += ["", "Targets:", *targets(records, rows, budgets)]
+    lines += ["", "KAdaptation's best variant on validation against every other adapter of its class:", ""]
+    lines += [field_markdown(records, budgets), "Targets:", *targets(records, rows, budgets)]
     ks = sorted({str(r.shots) for r in records}, key=shots_order)
     if len(ks) > 1:
         lines += ["", "The same targets on each k's splits alone:"]
@@ -399,6 +452,13 @@ def main(argv=None) -> None:
         "--reference", default="lora r=8 targets=q_proj+v_proj", help="variant the results table pairs against"
     )
     p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="leave out the variants whose name contains TEXT, e.g. --exclude parametrization=legacy (repeatable)",
+    )
+    p.add_argument(
         "--shots",
         default=None,
         help="only these k, comma-separated, e.g. 5,20 (the few-shot regime) or full (the full-shot subset)",
@@ -422,6 +482,9 @@ def main(argv=None) -> None:
         until = datetime.fromisoformat(args.until).replace(tzinfo=timezone.utc)
         records = [r for r in records if datetime.fromisoformat(r.finished) <= until]
     records = superseding(records)
+    records = [r for r in records if not any(text in r.variant for text in args.exclude)]
+    if not records:
+        raise SystemExit(f"--exclude {args.exclude}: no record is left.")
     for r in records:
         settings = normalised(r.settings)
         for name in args.label:

@@ -156,6 +156,46 @@ def test_verdict_checks_all_linear_kadaptation_against_its_q_v_variants_and_lora
     assert f"n=8 r=1 parametrization=legacy {al} against lora r=1 {al}" in legacy_lora
 
 
+def test_field_pits_kadaptations_validation_best_against_every_adapter_of_its_class():
+    qv = "targets=q_proj+v_proj"
+    records = []
+    for seed, base in enumerate((0.50, 0.60, 0.55)):
+        records += [
+            record(f"kadaptation n=8 r=1 {qv}", seed, base + 0.05, 19_456),  # best on validation (below)
+            record(f"kadaptation n=12 r=1 {qv}", seed, base + 0.20, 21_888),  # best on test: must not be chosen
+            record(f"lora r=1 {qv}", seed, base + (0.01, -0.01, 0.0)[seed], 18_432),  # behind by 4-6 points
+            record(f"vera r=256 {qv}", seed, base, 10_752),  # behind by 5 points on every split
+            record(f"fourierft n_frequency=500 {qv}", seed, base + 0.10, 12_000),  # ahead of KAdaptation
+            record(f"lokr r=16 {qv}", seed, base + 0.05 + (0.02, -0.02, 0.0)[seed], 19_968),  # tied
+            record("linear", seed, 0.9, 0),  # a reference: in no class
+        ]
+        records[-7].validation_accuracy, records[-6].validation_accuracy = 0.8, 0.7
+    out = tables.field_markdown(records)
+    assert "| ~20k | kadaptation n=8 r=1 parametrization=legacy targets=q_proj+v_proj | vera r=256 targets=q_proj+v_proj " \
+        "| 3 | +0.050 ± 0.000 | 3 / 0 / 0 | ahead |" in out  # fmt: skip
+    assert "| fourierft n_frequency=500 targets=q_proj+v_proj | 3 | -0.050 ± 0.000 | 0 / 0 / 3 | behind |" in out
+    assert "| lora r=1 targets=q_proj+v_proj | 3 | +0.050 ± 0.025 | 3 / 0 / 0 | ahead |" in out  # 0.04, 0.06, 0.05
+    assert not any(line.startswith("| ~20k | kadaptation n=12") for line in out.splitlines())  # KAdaptation column
+    assert "| lokr r=16 targets=q_proj+v_proj | 3 | +0.000 ± 0.050 | 1 / 1 / 1 | tied |" in out
+    assert "is ahead of 2, tied with 1 and behind 1 of the class's other adapters (behind: fourierft" in out
+    assert "highest mean test accuracy in the class: kadaptation n=12 r=1 parametrization=legacy" in out
+    assert "linear" not in out
+
+
+def test_exclude_leaves_variants_out_and_says_when_nothing_is_left(tmp_path, capsys):
+    qv = "targets=q_proj+v_proj"
+    records = [record(f"kadaptation n=8 r=1 {qv}", s, 0.6, 19_456) for s in (0, 1)]
+    records += [record(f"kadaptation n=8 r=1 parametrization=lora_matched {qv}", s, 0.7, 19_456) for s in (0, 1)]
+    records += [record(f"lora r=1 {qv}", s, 0.5, 18_432) for s in (0, 1)]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    tables.main([str(path), "--verdict", "--exclude", "parametrization=legacy"])
+    out = capsys.readouterr().out
+    assert "lora_matched" in out and "parametrization=legacy" not in out
+    with pytest.raises(SystemExit, match="--exclude .*no record is left"):
+        tables.main([str(path), "--exclude", "targets="])
+
+
 def test_chosen_point_on_the_grid_edge():
     grid = [{"learning_rate": lr, "alpha": a, "validation_accuracy": 0.5, "validation_loss": 1.0}
             for a in (1.0, 4.0) for lr in (1e-3, 3e-3, 1e-2)]  # fmt: skip
