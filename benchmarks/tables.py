@@ -189,6 +189,13 @@ def targets(records: list[RunRecord], rows: list[dict], budgets=BUDGETS) -> list
         )
     if not first:
         lines.append(f"- ~{smallest // 1000}k: no KAdaptation and peer pair with shared splits yet.")
+    for c in (c for c in field(records, budgets) if c["budget"] == smallest and c["rows"]):
+        short = [row["peer"] for row in c["rows"] if _standing(row) != "ahead"]
+        met = "met" if not short else f"not met (not ahead of: {'; '.join(short)})"
+        lines.append(
+            f"- ~{smallest // 1000}k, {c['best']} (KAdaptation's best on validation) ahead of every other adapter of "
+            f"the class ({len(c['rows'])}; each pooled paired 95 % CI excludes a loss): {met}."
+        )
     reference = [r for r in records if r.variant == LORA_R8]
     if reference:
         quarter = reference[0].adapter_parameters / 4
@@ -262,44 +269,53 @@ def _standing(row: dict) -> str:
     return "behind" if row["difference"] < 0 and high <= 0 else "tied"
 
 
+def field(records: list[RunRecord], budgets=BUDGETS) -> list[dict]:
+    """In every budget class with a KAdaptation variant: its variant with the best mean validation accuracy (validation
+    chooses it), its pooled paired difference against every other adapter of the class, and the class's variant with
+    the highest mean test accuracy."""
+    out = []
+    classes = defaultdict(list)
+    for r in records:
+        classes[class_of(r, budgets)].append(r)
+    for budget in sorted(b for b in classes if b is not None):
+        by_variant = defaultdict(list)
+        for r in classes[budget]:
+            by_variant[r.variant].append(r)
+        kadapt = sorted(v for v in by_variant if by_variant[v][0].method == "kadaptation")
+        if not kadapt:
+            continue
+        best = max(kadapt, key=lambda v: statistics.fmean(r.validation_accuracy for r in by_variant[v]))
+        rows = []
+        for peer in sorted(v for v in by_variant if v not in kadapt):
+            pairs = paired_differences(by_variant[best] + by_variant[peer], peer)
+            rows += [{**p, "peer": peer} for p in pairs if p["dataset"] == "pooled"]
+        top = max(by_variant, key=lambda v: statistics.fmean(r.test_accuracy for r in by_variant[v]))
+        mean = statistics.fmean(r.test_accuracy for r in by_variant[top])
+        out.append({"budget": budget, "best": best, "rows": rows, "top": top, "top_mean": mean})
+    return out
+
+
 def field_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
-    """In every budget class, KAdaptation's variant with the best mean validation accuracy (validation chooses it)
-    against every other adapter of the class, paired over the splits and pooled; then, per class, the standing in
-    words and the class's highest mean test accuracy."""
+    """`field(records)` as a table, then each class's standing in words."""
     lines = [
         "| budget | KAdaptation (best on validation) | against | splits | paired difference (± 95 % CI) "
         "| wins / ties / losses | standing |",
         "|---|---|---|---|---|---|---|",
     ]
     words = []
-    classes = defaultdict(list)
-    for r in records:
-        classes[class_of(r, budgets)].append(r)
-    for budget in sorted(b for b in classes if b is not None):
-        group = classes[budget]
-        by_variant = defaultdict(list)
-        for r in group:
-            by_variant[r.variant].append(r)
-        kadapt = sorted(v for v in by_variant if by_variant[v][0].method == "kadaptation")
-        if not kadapt:
-            continue
-        best = max(kadapt, key=lambda v: statistics.fmean(r.validation_accuracy for r in by_variant[v]))
+    for c in field(records, budgets):
         standing = defaultdict(list)
-        for peer in sorted(v for v in by_variant if v not in kadapt):
-            pairs = paired_differences(by_variant[best] + by_variant[peer], peer)
-            row = next((p for p in pairs if p["dataset"] == "pooled"), None)
-            if row is None:
-                continue
-            standing[_standing(row)].append(peer)
+        for row in c["rows"]:
+            standing[_standing(row)].append(row["peer"])
             lines.append(
-                f"| ~{budget // 1000}k | {best} | {peer} | {row['splits']} | {_diff(row)} | {_standing(row)} |"
+                f"| ~{c['budget'] // 1000}k | {c['best']} | {row['peer']} | {row['splits']} | {_diff(row)} "
+                f"| {_standing(row)} |"
             )
-        top = max(by_variant, key=lambda v: statistics.fmean(r.test_accuracy for r in by_variant[v]))
         behind = f" (behind: {'; '.join(standing['behind'])})" if standing["behind"] else ""
         words.append(
-            f"- ~{budget // 1000}k: {best} is ahead of {len(standing['ahead'])}, tied with {len(standing['tied'])} and "
-            f"behind {len(standing['behind'])} of the class's other adapters{behind}; highest mean test accuracy in "
-            f"the class: {top} ({statistics.fmean(r.test_accuracy for r in by_variant[top]):.3f})."
+            f"- ~{c['budget'] // 1000}k: {c['best']} is ahead of {len(standing['ahead'])}, tied with "
+            f"{len(standing['tied'])} and behind {len(standing['behind'])} of the class's other adapters{behind}; "
+            f"highest mean test accuracy in the class: {c['top']} ({c['top_mean']:.3f})."
         )
     return "\n".join(lines + ["", *words]) + "\n"
 

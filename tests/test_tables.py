@@ -171,8 +171,8 @@ def test_field_pits_kadaptations_validation_best_against_every_adapter_of_its_cl
         ]
         records[-7].validation_accuracy, records[-6].validation_accuracy = 0.8, 0.7
     out = tables.field_markdown(records)
-    assert "| ~20k | kadaptation n=8 r=1 parametrization=legacy targets=q_proj+v_proj | vera r=256 targets=q_proj+v_proj " \
-        "| 3 | +0.050 ± 0.000 | 3 / 0 / 0 | ahead |" in out  # fmt: skip
+    best = "kadaptation n=8 r=1 parametrization=legacy targets=q_proj+v_proj"
+    assert f"| ~20k | {best} | vera r=256 targets=q_proj+v_proj | 3 | +0.050 ± 0.000 | 3 / 0 / 0 | ahead |" in out
     assert "| fourierft n_frequency=500 targets=q_proj+v_proj | 3 | -0.050 ± 0.000 | 0 / 0 / 3 | behind |" in out
     assert "| lora r=1 targets=q_proj+v_proj | 3 | +0.050 ± 0.025 | 3 / 0 / 0 | ahead |" in out  # 0.04, 0.06, 0.05
     assert not any(line.startswith("| ~20k | kadaptation n=12") for line in out.splitlines())  # KAdaptation column
@@ -180,6 +180,10 @@ def test_field_pits_kadaptations_validation_best_against_every_adapter_of_its_cl
     assert "is ahead of 2, tied with 1 and behind 1 of the class's other adapters (behind: fourierft" in out
     assert "highest mean test accuracy in the class: kadaptation n=12 r=1 parametrization=legacy" in out
     assert "linear" not in out
+    verdict = tables.verdict_markdown(records)  # the ~20k target: ahead of every other adapter of the class
+    short = "fourierft n_frequency=500 targets=q_proj+v_proj; lokr r=16 targets=q_proj+v_proj"
+    assert f"{best} (KAdaptation's best on validation) ahead of every other adapter of the class (4; " in verdict
+    assert f"each pooled paired 95 % CI excludes a loss): not met (not ahead of: {short})." in verdict
 
 
 def test_exclude_leaves_variants_out_and_says_when_nothing_is_left(tmp_path, capsys):
