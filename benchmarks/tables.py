@@ -46,6 +46,7 @@ BUDGETS = (20_000, 80_000, 150_000)
 REFERENCES = ("linear", "bitfit", "full")  # methods without adapter: reported as references, in no budget class
 TOLERANCE = 1.1
 PEERS = ("lora", "lokr")
+FIRST = ("kadaptation", "lora", "lokr")  # the plot's first colours, as in the study's earlier plots
 LORA_R8 = "lora r=8 targets=q_proj+v_proj"  # the study's accuracy reference for the "quarter of LoRA" target
 ALL_LINEAR = "q_proj+k_proj+v_proj+o_proj+fc1+fc2"  # every linear layer of a ViT block
 LORA_R1_ALL_LINEAR = f"lora r=1 targets={ALL_LINEAR}"  # what KAdaptation on all linear layers has to be ahead of
@@ -404,39 +405,50 @@ def frontier_panels(records: list[RunRecord], reference: str = LORA_R8) -> list[
 
 def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8) -> None:
     """Draw `frontier_panels`: a row per k, a panel per dataset and a pooled panel per row."""
+    from matplotlib.ticker import NullFormatter
+
     from peft_kadapt.training.plotting import pyplot, save
 
     plt = pyplot()
     panels = frontier_panels(records, reference)
     width = len(panels[0])
     fig, axes = plt.subplots(len(panels), width, figsize=(4.2 * width, 3.4 * len(panels)), squeeze=False)
-    families = {"kadaptation": "C0", "lora": "C1", "lokr": "C2"}
+    adapters = sorted(
+        {r.method for r in records if r.method not in REFERENCES}, key=lambda m: ((FIRST + (m,)).index(m), m)
+    )
+    palette = plt.get_cmap("tab20").colors
+    colours = {m: palette[(2 * i) % 20 + (i >= 10)] for i, m in enumerate(adapters)}  # dark tab20 shades first
+    counts = [r.adapter_parameters for r in records if r.method not in REFERENCES]
+    span = (min(counts) / 1.5, max(counts) * 1.5) if counts else (1e4, 3e5)
     markers = {True: "s", False: "o"}  # all linear layers: square; q/v: circle
     for ax, panel in zip(axes.flat, (panel for row in panels for panel in row)):
         ax.set_title(panel["title"], fontsize=8)
         if not panel["points"]:
             ax.set_axis_off()
             continue
-        ax.set_xlim(1e4, 3e5)
+        ax.set_xlim(*span)
         if panel.get("zero"):
-            ax.axhline(0, color="C1", lw=0.8)
+            ax.axhline(0, color="grey", lw=0.8)
         for variant, params, mean, half in panel["points"]:
             method = variant.split()[0]
-            if method not in families:
+            if method in REFERENCES:
                 ax.axhline(mean, color="grey", lw=0.8, ls=":")
-                ax.annotate(method, (ax.get_xlim()[0], mean), fontsize=6, color="grey")
+                ax.annotate(method, (span[0], mean), fontsize=6, color="grey")
                 continue
             ax.errorbar(params, mean, yerr=0 if half != half else half, fmt=markers["fc1" in variant],
-                        color=families[method], capsize=2, ms=4)  # fmt: skip
-            ax.annotate(variant.replace(" targets=q_proj+v_proj", "").replace(
-                " targets=q_proj+k_proj+v_proj+o_proj+fc1+fc2", " all"), (params, mean), fontsize=5)  # fmt: skip
+                        color=colours[method], capsize=2, ms=4)  # fmt: skip
+            ax.annotate(
+                variant.split(" targets=")[0] + (" all" if "fc1" in variant else ""), (params, mean), fontsize=5
+            )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a span under a decade would label every minor tick
         ax.grid(alpha=0.3)
         ax.set_xlabel("adapter parameters (head excluded)", fontsize=7)
         ax.set_ylabel(panel["ylabel"], fontsize=7)
-    fig.suptitle("blue KAdaptation, orange LoRA, green LoKr; circle: q/v, square: all linear layers; dotted: "
-                 "references (linear, bitfit, full)", fontsize=8)  # fmt: skip
-    save(fig, path)
+    handles = [plt.Line2D([], [], color=colours[m], marker="o", ls="", label=m) for m in adapters]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False)
+    fig.suptitle("circle: q/v, square: all linear layers; dotted: references (linear, bitfit, full)", fontsize=8)
+    save(fig, path, rect=(0, 0.06, 1, 0.97))
 
 
 def main(argv=None) -> None:

@@ -64,6 +64,35 @@ def test_intrinsic_dimension_plot(saved, tmp_path):
     assert saved == [[]], saved
 
 
+def test_frontier_plot_draws_every_adapter_as_points_in_colours_of_its_own(saved, tmp_path, monkeypatch):
+    import matplotlib.axes
+    import tables
+
+    drawn, lines = [], []
+    real_errorbar, real_axhline = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.axhline
+
+    def errorbar(ax, x, y, **kwargs):
+        drawn.append((x, kwargs["color"]))
+        return real_errorbar(ax, x, y, **kwargs)
+
+    def axhline(ax, y=0, **kwargs):
+        lines.append(y)
+        return real_axhline(ax, y, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", axhline)
+    records = long_records("d")
+    records += [record("tinylora r=4 u=256 targets=q_proj+v_proj", s, 0.45, 6_144) for s in (0, 1)]  # below 10k
+    records += [record("linear", s, 0.3, 0) for s in (0, 1)]
+    tables.frontier_plot(records, tmp_path / "f.png", reference=LONG[1])
+    assert saved == [[]], saved
+    assert {x for x, _ in drawn} >= {6_144, 10_000, 20_000, 30_000, 40_000}  # tinylora is a point, not a line
+    colours = {x: c for x, c in drawn}
+    assert len({colours[x] for x in (6_144, 20_000, 30_000)}) == 3  # tinylora, lora, lokr: one colour each
+    assert colours[10_000] == colours[40_000]  # both KAdaptation
+    assert 0.3 in lines  # the linear probe: a reference line
+
+
 def test_frontier_and_stability_plots(saved, tmp_path):
     import stability_maps
     import tables
