@@ -177,7 +177,8 @@ def _diff(row: dict) -> str:
 
 
 def targets(records: list[RunRecord], rows: list[dict], budgets=BUDGETS) -> list[str]:
-    """The study's three targets, each said plainly as met or not, from `comparisons(records)` (`rows`)."""
+    """The study's targets (~20k, a quarter of LoRA r = 8, the linear probe, all linear layers), each said as met or
+    not, from `comparisons(records)` (`rows`) and `field(records)`."""
     lines = []
     smallest = min(budgets)
     first = [row for row in rows if row["budget"] == smallest and row["dataset"] == "pooled"]
@@ -322,7 +323,7 @@ def field_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
 
 
 def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
-    """The budget-class comparisons and the study's three targets, each said plainly as met or not."""
+    """The budget-class comparisons, the field of each class and the study's targets, each said as met or not."""
     rows = comparisons(records, budgets)
     lines = [
         "| budget | KAdaptation variant | against | dataset | splits | paired difference (± 95 % CI) "
