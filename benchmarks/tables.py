@@ -176,9 +176,9 @@ def _diff(row: dict) -> str:
     return f"{_signed(row['difference'], row['interval'])} | {row['wins']} / {row['ties']} / {row['losses']}"
 
 
-def targets(records: list[RunRecord], rows: list[dict], budgets=BUDGETS) -> list[str]:
+def targets(records: list[RunRecord], rows: list[dict], fields: list[dict], budgets=BUDGETS) -> list[str]:
     """The study's targets (~20k, a quarter of LoRA r = 8, the linear probe, all linear layers), each said as met or
-    not, from `comparisons(records)` (`rows`) and `field(records)`."""
+    not, from `comparisons(records)` (`rows`) and `field(records)` (`fields`)."""
     lines = []
     smallest = min(budgets)
     first = [row for row in rows if row["budget"] == smallest and row["dataset"] == "pooled"]
@@ -191,7 +191,7 @@ def targets(records: list[RunRecord], rows: list[dict], budgets=BUDGETS) -> list
         )
     if not first:
         lines.append(f"- ~{smallest // 1000}k: no KAdaptation and peer pair with shared splits yet.")
-    for c in (c for c in field(records, budgets) if c["budget"] == smallest and c["rows"]):
+    for c in (c for c in fields if c["budget"] == smallest and c["rows"]):
         short = [row["peer"] for row in c["rows"] if _standing(row) != "ahead"]
         met = "met" if not short else f"not met (not ahead of: {'; '.join(short)})"
         lines.append(
@@ -248,11 +248,11 @@ def all_linear_targets(records: list[RunRecord]) -> list[str]:
         ]
         largest = [v for count, v in qv if count <= kadapt[variant]][-1:]
         checks = [(v, -ALL_LINEAR_SLACK, "≥ -0.005") for v in dict.fromkeys(same + largest)]
-        checks += [(LORA_R1_ALL_LINEAR, None, "> 0")] if LORA_R1_ALL_LINEAR in {r.variant for r in records} else []
+        checks.append((LORA_R1_ALL_LINEAR, None, "> 0"))
         for reference, threshold, rule in checks:
             chosen = [r for r in records if r.variant in (variant, reference)]
             row = next((p for p in paired_differences(chosen, reference) if p["dataset"] == "pooled"), None)
-            if row is None:
+            if row is None:  # no shared split (e.g. no record of the reference)
                 continue
             passed = row["difference"] > 0 if threshold is None else row["difference"] >= threshold
             lines.append(
@@ -297,21 +297,21 @@ def field(records: list[RunRecord], budgets=BUDGETS) -> list[dict]:
     return out
 
 
-def field_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
-    """`field(records)` as a table, then each class's standing in words."""
+def field_markdown(fields: list[dict]) -> str:
+    """`field(records)` (`fields`) as a table, then each class's standing in words."""
     lines = [
         "| budget | KAdaptation (best on validation) | against | splits | paired difference (± 95 % CI) "
         "| wins / ties / losses | standing |",
         "|---|---|---|---|---|---|---|",
     ]
     words = []
-    for c in field(records, budgets):
+    for c in fields:
         standing = defaultdict(list)
         for row in c["rows"]:
-            standing[_standing(row)].append(row["peer"])
+            word = _standing(row)
+            standing[word].append(row["peer"])
             lines.append(
-                f"| ~{c['budget'] // 1000}k | {c['best']} | {row['peer']} | {row['splits']} | {_diff(row)} "
-                f"| {_standing(row)} |"
+                f"| ~{c['budget'] // 1000}k | {c['best']} | {row['peer']} | {row['splits']} | {_diff(row)} | {word} |"
             )
         behind = f" (behind: {'; '.join(standing['behind'])})" if standing["behind"] else ""
         words.append(
@@ -335,14 +335,16 @@ def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
             f"| ~{row['budget'] // 1000}k | {row['variant']} | {row['peer']} | {row['dataset']} | {row['splits']} "
             f"| {_diff(row)} |"
         )
+    fields = field(records, budgets)
     lines += ["", "KAdaptation's best variant on validation against every other adapter of its class:", ""]
-    lines += [field_markdown(records, budgets), "Targets:", *targets(records, rows, budgets)]
+    lines += [field_markdown(fields), "Targets:", *targets(records, rows, fields, budgets)]
     ks = sorted({str(r.shots) for r in records}, key=shots_order)
     if len(ks) > 1:
         lines += ["", "The same targets on each k's splits alone:"]
         for k in ks:
             alone = [r for r in records if str(r.shots) == k]
-            lines += [f"- k = {k}:", *(f"  {line}" for line in targets(alone, comparisons(alone, budgets), budgets))]
+            per_k = targets(alone, comparisons(alone, budgets), field(alone, budgets), budgets)
+            lines += [f"- k = {k}:", *(f"  {line}" for line in per_k)]
     return "\n".join(lines) + "\n"
 
 

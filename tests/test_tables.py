@@ -170,7 +170,7 @@ def test_field_pits_kadaptations_validation_best_against_every_adapter_of_its_cl
             record("linear", seed, 0.9, 0),  # a reference: in no class
         ]
         records[-7].validation_accuracy, records[-6].validation_accuracy = 0.8, 0.7
-    out = tables.field_markdown(records)
+    out = tables.field_markdown(tables.field(records))
     best = "kadaptation n=8 r=1 parametrization=legacy targets=q_proj+v_proj"
     assert f"| ~20k | {best} | vera r=256 targets=q_proj+v_proj | 3 | +0.050 ± 0.000 | 3 / 0 / 0 | ahead |" in out
     assert "| fourierft n_frequency=500 targets=q_proj+v_proj | 3 | -0.050 ± 0.000 | 0 / 0 / 3 | behind |" in out
