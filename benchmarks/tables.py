@@ -172,6 +172,11 @@ def comparisons(records: list[RunRecord], budgets=BUDGETS) -> list[dict]:
     return rows
 
 
+def pooled_differences(records: list[RunRecord], reference: str) -> list[dict]:
+    """The pooled rows of `paired_differences` (each variant against `reference` over all shared splits)."""
+    return [p for p in paired_differences(records, reference) if p["dataset"] == "pooled"]
+
+
 def _diff(row: dict) -> str:
     return f"{_signed(row['difference'], row['interval'])} | {row['wins']} / {row['ties']} / {row['losses']}"
 
@@ -203,7 +208,7 @@ def targets(records: list[RunRecord], rows: list[dict], fields: list[dict], budg
         quarter = reference[0].adapter_parameters / 4
         small = sorted({r.variant for r in records if r.method == "kadaptation" and r.adapter_parameters <= quarter})
         chosen = [r for r in records if r.variant in (LORA_R8, *small)]
-        for row in (p for p in paired_differences(chosen, LORA_R8) if p["dataset"] == "pooled"):
+        for row in pooled_differences(chosen, LORA_R8):
             met = "met" if row["difference"] >= 0 else "not met"
             lines.append(
                 f"- {row['variant']} (≤ ¼ of {LORA_R8}'s adapter parameters) reaches its accuracy (pooled mean paired "
@@ -251,7 +256,7 @@ def all_linear_targets(records: list[RunRecord]) -> list[str]:
         checks.append((LORA_R1_ALL_LINEAR, None, "> 0"))
         for reference, threshold, rule in checks:
             chosen = [r for r in records if r.variant in (variant, reference)]
-            row = next((p for p in paired_differences(chosen, reference) if p["dataset"] == "pooled"), None)
+            row = next(iter(pooled_differences(chosen, reference)), None)
             if row is None:  # no shared split (e.g. no record of the reference)
                 continue
             passed = row["difference"] > 0 if threshold is None else row["difference"] >= threshold
@@ -289,16 +294,32 @@ def field(records: list[RunRecord], budgets=BUDGETS) -> list[dict]:
         best = max(kadapt, key=lambda v: statistics.fmean(r.validation_accuracy for r in by_variant[v]))
         rows = []
         for peer in sorted(v for v in by_variant if v not in kadapt):
-            pairs = paired_differences(by_variant[best] + by_variant[peer], peer)
-            rows += [{**p, "peer": peer} for p in pairs if p["dataset"] == "pooled"]
+            rows += [{**p, "peer": peer} for p in paired_differences(by_variant[best] + by_variant[peer], peer)]
+        datasets = {}
+        for dataset in sorted({r.dataset for r in classes[budget]}):
+            means = {
+                v: statistics.fmean(r.test_accuracy for r in rs if r.dataset == dataset)
+                for v, rs in by_variant.items()
+                if any(r.dataset == dataset for r in rs)
+            }
+            top = max(means, key=means.get)
+            datasets[dataset] = {
+                "rows": [p for p in rows if p["dataset"] == dataset],
+                "top": top,
+                "top_mean": means[top],
+            }
         top = max(by_variant, key=lambda v: statistics.fmean(r.test_accuracy for r in by_variant[v]))
         mean = statistics.fmean(r.test_accuracy for r in by_variant[top])
-        out.append({"budget": budget, "best": best, "rows": rows, "top": top, "top_mean": mean})
+        pooled = [p for p in rows if p["dataset"] == "pooled"]
+        out.append(
+            {"budget": budget, "best": best, "rows": pooled, "top": top, "top_mean": mean, "datasets": datasets}
+        )
     return out
 
 
 def field_markdown(fields: list[dict]) -> str:
-    """`field(records)` (`fields`) as a table, then each class's standing in words."""
+    """`field(records)` (`fields`) as a table, then each class's standing in words, then the standing on each dataset
+    alone (the same validation-chosen variant; paired intervals over that dataset's splits)."""
     lines = [
         "| budget | KAdaptation (best on validation) | against | splits | paired difference (± 95 % CI) "
         "| wins / ties / losses | standing |",
@@ -319,7 +340,27 @@ def field_markdown(fields: list[dict]) -> str:
             f"{len(standing['tied'])} and behind {len(standing['behind'])} of the class's other adapters{behind}; "
             f"highest mean test accuracy in the class: {c['top']} ({c['top_mean']:.3f})."
         )
-    return "\n".join(lines + ["", *words]) + "\n"
+    return "\n".join(lines + ["", *words, "", *_field_by_dataset(fields)]) + "\n"
+
+
+def _field_by_dataset(fields: list[dict]) -> list[str]:
+    lines = [
+        "The same variant on each dataset alone (paired 95 % CIs over that dataset's splits; counts of the class's other "
+        "adapters):",
+        "",
+        "| budget | dataset | ahead of | tied with | behind | behind which | highest mean test accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in fields:
+        for dataset, d in c["datasets"].items():
+            standing = defaultdict(list)
+            for row in d["rows"]:
+                standing[_standing(row)].append(row["peer"])
+            lines.append(
+                f"| ~{c['budget'] // 1000}k | {dataset} | {len(standing['ahead'])} | {len(standing['tied'])} "
+                f"| {len(standing['behind'])} | {'; '.join(standing['behind']) or '-'} | {d['top']} ({d['top_mean']:.3f}) |"
+            )
+    return lines
 
 
 def verdict_markdown(records: list[RunRecord], budgets=BUDGETS) -> str:
@@ -386,7 +427,7 @@ def frontier_panels(records: list[RunRecord], reference: str = LORA_R8) -> list[
                 else f"{dataset}, k = {k}: no split tabulated"
             )
             row.append({"title": title, "points": points, "ylabel": "test accuracy (mean ± 95 % CI)"})
-        pooled = [p for p in paired_differences(at_k, reference) if p["dataset"] == "pooled"]
+        pooled = pooled_differences(at_k, reference)
         n = pooled[0]["splits"] if pooled else 0
         row.append(
             {

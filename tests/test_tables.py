@@ -186,6 +186,23 @@ def test_field_pits_kadaptations_validation_best_against_every_adapter_of_its_cl
     assert f"each pooled paired 95 % CI excludes a loss): not met (not ahead of: {short})." in verdict
 
 
+def test_field_says_where_each_adapter_wins_dataset_by_dataset():
+    qv = "targets=q_proj+v_proj"
+    records = []
+    for seed in range(3):
+        for dataset, ahead in (("a", 0.1), ("b", -0.1)):  # VeRA wins on b only
+            records += [
+                record(f"kadaptation n=8 r=1 {qv}", seed, 0.6, 19_456),
+                record(f"vera r=256 {qv}", seed, 0.6 - ahead, 10_752),
+            ]
+            records[-2].dataset = records[-1].dataset = dataset
+    out = tables.field_markdown(tables.field(records))
+    best, vera = "kadaptation n=8 r=1 parametrization=legacy targets=q_proj+v_proj", "vera r=256 targets=q_proj+v_proj"
+    assert f"| ~20k | {best} | {vera} | 6 | +0.000 ± 0.115 | 3 / 0 / 3 | tied |" in out  # pooled: a tie
+    assert f"| ~20k | a | 1 | 0 | 0 | - | {best} (0.600) |" in out
+    assert f"| ~20k | b | 0 | 0 | 1 | {vera} | {vera} (0.700) |" in out
+
+
 def test_exclude_leaves_variants_out_and_says_when_nothing_is_left(tmp_path, capsys):
     qv = "targets=q_proj+v_proj"
     records = [record(f"kadaptation n=8 r=1 {qv}", s, 0.6, 19_456) for s in (0, 1)]
