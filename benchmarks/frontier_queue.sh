@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One worker of the frontier study: every N-th split from W, seed-major (seeds 0-2 of every dataset and k come before
 # seeds 3-4, so a partial study is balanced), one thread, appending one record per (split, variant) to the committed
-# records; a split already recorded is skipped, so a queue stopped anywhere resumes where it stopped.
+# records; a split already recorded is skipped, so a queue stopped anywhere resumes where it stopped. A split that
+# fails is said in the log and the queue goes on (hours of other splits are not lost to one); the worker then exits 1
+# naming the failed splits, which the next start runs again.
 #
 #   benchmarks/frontier_queue.sh W N ONLY            # e.g. on 2 cores: W = 0 and W = 1 with N = 2, in two shells
 #   benchmarks/frontier_queue.sh 0 2 kadaptation     # the KAdaptation re-run
@@ -17,6 +19,8 @@ python=${PYTHON:-.venv/bin/python}
 records=${RECORDS:-benchmarks/results/frontier.jsonl}
 logs=${LOGS:-outputs}
 mkdir -p "$logs"
+log="$logs/frontier_queue_$worker.log"
+failed=()
 i=0
 for seed in ${SEEDS:-0 1 2 3 4}; do
   for dataset in mnist5k textiles fashion_mnist digits; do
@@ -24,9 +28,15 @@ for seed in ${SEEDS:-0 1 2 3 4}; do
       if [ $((i % workers)) -eq "$worker" ]; then
         OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --extend_edges 1 --datasets "$dataset" \
           --shots "$k" --seeds "$seed" --workers 1 --speed_rounds 0 --records "$records" \
-          --output_dir "outputs/frontier_${only//,/_}_${dataset}_${k}_${seed}" >> "$logs/frontier_queue_$worker.log" 2>&1
+          --output_dir "outputs/frontier_${only//,/_}_${dataset}_${k}_${seed}" >> "$log" 2>&1 ||
+          { failed+=("$dataset k=$k seed=$seed"); echo "frontier_queue: $dataset k=$k seed=$seed failed" >> "$log"; }
       fi
       i=$((i + 1))
     done
   done
 done
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'frontier_queue: worker %s: %d split(s) failed (see %s): %s\n' "$worker" ${#failed[@]} "$log" \
+    "$(IFS=';'; echo "${failed[*]}")" >&2
+  exit 1
+fi

@@ -59,3 +59,16 @@ def test_the_queue_shares_the_splits_between_workers_seed_major(tmp_path):
     assert sorted(first + second) == sorted((d, k, s) for d in datasets for k in ("5", "20") for s in ("0", "1"))
     assert [s for _, _, s in first] == ["0"] * 4 + ["1"] * 4  # seed-major
     assert all(c[c.index("--only") + 1] == "kadaptation" and "--extend_edges" in c for c in calls)
+
+
+def test_a_failed_split_is_named_and_the_queue_goes_on(tmp_path):
+    fake = tmp_path / "python"  # fails on textiles only
+    fake.write_text('#!/bin/sh\necho "$*" >> "$LOGS/calls"\ncase "$*" in *textiles*) exit 3;; esac\n')
+    fake.chmod(0o755)
+    script = Path(__file__).parents[1] / "benchmarks" / "frontier_queue.sh"
+    env = {**os.environ, "PYTHON": str(fake), "SEEDS": "0", "LOGS": str(tmp_path)}
+    done = subprocess.run(["bash", str(script), "0", "1", "vera"], env=env, capture_output=True, text=True)
+    assert len((tmp_path / "calls").read_text().splitlines()) == 8  # every split was tried
+    assert done.returncode == 1
+    assert "2 split(s) failed" in done.stderr and "textiles k=5 seed=0;textiles k=20 seed=0" in done.stderr
+    assert "frontier_queue: textiles k=20 seed=0 failed" in (tmp_path / "frontier_queue_0.log").read_text()
