@@ -13,6 +13,7 @@ benchmarks/results/), so the study stops and resumes anywhere; `--list` prints t
 
     python benchmarks/frontier.py --list             # add --vit_b for the same variants' counts on ViT-B/16
     python benchmarks/frontier.py --speed 5 --only vera,...,c3a   # step time and memory against LoRA r=8
+    python benchmarks/frontier.py --progress benchmarks/results/frontier.jsonl --only kadaptation   # how far
     python benchmarks/frontier.py --datasets mnist5k --shots 5,20 --seeds 0,1,2,3,4 \\
         --records benchmarks/results/frontier.jsonl --output_dir outputs/frontier
 """
@@ -20,6 +21,8 @@ benchmarks/results/), so the study stops and resumes anywhere; `--list` prints t
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
+from pathlib import Path
 
 import transformers
 
@@ -27,6 +30,7 @@ from peft_kadapt.budget import propose_configs
 from peft_kadapt.training import DINOV2_SMALL_ALIAS, HEAD, build_model, parse_variant
 from peft_kadapt.training.bench import cli as bench
 from peft_kadapt.training.logs import setup_logging
+from peft_kadapt.training.methods import canonical_variant
 
 
 QV = ("q_proj", "v_proj")
@@ -38,6 +42,12 @@ REFERENCES = ("linear", "bitfit", "full")
 PARAMETRIZATION = "parametrization=lora_matched"
 DEFAULT = f"kadaptation n=8 r=1 {PARAMETRIZATION} targets=q_proj+v_proj"  # the package's default, always included
 TOLERANCE = 1.1  # "about" a budget: up to 10 % over it
+# The study's few-shot splits in the order frontier_queue.sh runs them: seed-major, so that a partial study is balanced
+DESIGN_SEEDS, DESIGN_DATASETS, DESIGN_SHOTS = (
+    (0, 1, 2, 3, 4),
+    ("mnist5k", "textiles", "fashion_mnist", "digits"),
+    (5, 20),
+)
 # The references' learning-rate grids since the study began (the method table's until 2026-11-29, when its grids moved
 # to centre on what validation chose): pinned, so every split of the study runs the same protocol. `--grid` overrides.
 REFERENCE_GRIDS = {"linear": "1e-3,3e-3,1e-2", "bitfit": "1e-3,3e-3,1e-2", "full": "1e-5,3e-5,1e-4"}
@@ -161,6 +171,49 @@ def print_speed(variants: list[str], model_name_or_path: str, labels: list[str],
         )
 
 
+def design_splits(seeds=DESIGN_SEEDS) -> list[tuple[str, int, int]]:
+    """(dataset, k, seed) of the study's few-shot splits, seed-major."""
+    return [(d, k, seed) for seed in seeds for d in DESIGN_DATASETS for k in DESIGN_SHOTS]
+
+
+def print_progress(variants: list[str], records_path: str) -> None:
+    """How far the study of `variants` is over the design's splits (seeds 0-2, then 3-4), and the core time it took and
+    will take: each missing run estimated by the mean wall time of the same variant on the same dataset, else of its
+    method there."""
+    from statistics import fmean
+
+    from peft_kadapt.training.bench.protocol import read_records
+
+    wanted = {canonical_variant(v) for v in variants}
+    design = set(design_splits())
+    done = {
+        (r.dataset, r.shots, r.seed, r.variant): r
+        for r in read_records(Path(records_path))
+        if r.variant in wanted and (r.dataset, r.shots, r.seed) in design  # not the full-shot subset
+    }
+    wall = defaultdict(list)
+    for r in done.values():
+        wall[(r.variant, r.dataset)].append(r.wall_seconds)
+        wall[(r.method, r.dataset)].append(r.wall_seconds)
+    print(f"{len(wanted)} variants, records {records_path}:\n")
+    print("| seeds | splits with every variant | splits begun | runs recorded | core hours spent | core hours left |")
+    print("|---|---|---|---|---|---|")
+    unknown = 0
+    for seeds in (DESIGN_SEEDS[:3], DESIGN_SEEDS[3:]):
+        runs = [(d, k, s, v) for d, k, s in design_splits(seeds) for v in sorted(wanted)]
+        have = [done[run].wall_seconds for run in runs if run in done]
+        left = [wall.get((v, d)) or wall.get((v.split()[0], d)) for d, k, s, v in runs if (d, k, s, v) not in done]
+        unknown += sum(w is None for w in left)
+        per_split = [sum((d, k, s, v) in done for v in wanted) for d, k, s in design_splits(seeds)]
+        print(
+            f"| {seeds[0]}-{seeds[-1]} | {per_split.count(len(wanted))} of {len(per_split)} | "
+            f"{sum(n > 0 for n in per_split)} | {len(have)} of {len(runs)} | {sum(have) / 3600:.1f} | "
+            f"{sum(fmean(w) for w in left if w) / 3600:.1f} |"
+        )
+    if unknown:
+        print(f"\n{unknown} missing runs have no record of their method on their dataset: not in the hours left.")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", default="20000,80000,150000")
@@ -176,6 +229,12 @@ def main(argv=None) -> None:
         "against LoRA r=8 on q/v, at --speed_resolution px and batch 16 (the bench's shapes), as a markdown table",
     )
     p.add_argument("--speed_resolution", type=int, default=56)
+    p.add_argument(
+        "--progress",
+        metavar="RECORDS",
+        help="instead of training: how many of the design's splits RECORDS holds for the variants, with core hours "
+        "spent and (estimated) left",
+    )
     p.add_argument("--alphas", default="1,4,16")
     p.add_argument("--adapter_lrs", default="1e-3,3e-3,1e-2")
     p.add_argument(
@@ -186,6 +245,7 @@ def main(argv=None) -> None:
     )
     args, bench_argv = p.parse_known_args(argv)
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # one bar per model built: noise in --list and in the study's logs
     budgets = [int(b) for b in args.budgets.split(",")]
     labels = [str(i) for i in range(10)]  # parameter counts do not depend on the data beyond the head
     only = {m.strip() for m in args.only.split(",")} if args.only else None
@@ -204,6 +264,8 @@ def main(argv=None) -> None:
         for variant, count in sorted(variants.items(), key=lambda kv: kv[1]):
             print(f"| {variant} | {count:,d} |" + (f" {base[variant]:,d} |" if base else ""))
         return
+    if args.progress:
+        return print_progress(list(variants) + references, args.progress)
     if args.speed:
         return print_speed(list(variants), args.model_name_or_path, labels, args.speed, args.speed_resolution)
     setup_logging()

@@ -1,9 +1,13 @@
 """benchmarks/frontier.py chooses budget-matched variants (peers included when named) and times them."""
 
 import importlib.util
+import json
 import os
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
+
+from peft_kadapt.training.bench.protocol import RunRecord
 
 
 spec = importlib.util.spec_from_file_location("frontier", Path(__file__).parents[1] / "benchmarks" / "frontier.py")
@@ -55,8 +59,8 @@ def test_the_queue_shares_the_splits_between_workers_seed_major(tmp_path):
     splits = [(c[c.index("--datasets") + 1], c[c.index("--shots") + 1], c[c.index("--seeds") + 1]) for c in calls]
     first, second = splits[:8], splits[8:]  # worker 0's, then worker 1's
     assert all(k == "5" for _, k, _ in first) and all(k == "20" for _, k, _ in second)
-    datasets = ("mnist5k", "textiles", "fashion_mnist", "digits")
-    assert sorted(first + second) == sorted((d, k, s) for d in datasets for k in ("5", "20") for s in ("0", "1"))
+    design = [(d, str(k), str(s)) for d, k, s in frontier.design_splits((0, 1))]  # what --progress counts
+    assert first == design[0::2] and second == design[1::2]
     assert [s for _, _, s in first] == ["0"] * 4 + ["1"] * 4  # seed-major
     assert all(c[c.index("--only") + 1] == "kadaptation" and "--extend_edges" in c for c in calls)
 
@@ -72,3 +76,25 @@ def test_a_failed_split_is_named_and_the_queue_goes_on(tmp_path):
     assert done.returncode == 1
     assert "2 split(s) failed" in done.stderr and "textiles k=5 seed=0;textiles k=20 seed=0" in done.stderr
     assert "frontier_queue: textiles k=20 seed=0 failed" in (tmp_path / "frontier_queue_0.log").read_text()
+
+
+def test_progress_counts_the_design_splits_and_estimates_the_hours_left(tmp_path, capsys):
+    lora, ia3 = "lora r=1 targets=q_proj+v_proj", "ia3 targets=q_proj+v_proj"
+
+    def run(variant, dataset, k, seed, seconds):
+        return RunRecord(dataset=dataset, shots=k, seed=seed, variant=variant, method=variant.split()[0], settings={},
+                         grid=[], chosen_lr=1e-3, chosen_alpha=None, validation_accuracy=0.5, test_accuracy=0.5,
+                         test_images=10, trainable_parameters=1, adapter_parameters=1, saved_bytes=1,
+                         train_seconds=1.0, wall_seconds=seconds)  # fmt: skip
+
+    records = [run(lora, "mnist5k", 5, 0, 3600.0), run(ia3, "mnist5k", 5, 0, 1800.0), run(lora, "digits", 20, 1, 7200)]
+    records.append(run(lora, "mnist5k", "full (100/class)", 0, 1.0))  # not a split of the design
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    frontier.print_progress([lora, ia3], str(tmp_path / "r.jsonl"))
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0-2") or line.startswith("| 3-4")
+    ]
+    # seeds 0-2: 24 splits, 48 runs; 3 recorded (3.5 h); left: mnist5k 5 more lora and ia3 runs (1 h, 0.5 h each),
+    # digits 5 more lora (2 h each); ia3 on digits and both on the other datasets have no record: not counted
+    assert rows[0] == "| 0-2 | 1 of 24 | 2 | 3 of 48 | 3.5 | 17.5 |"
+    assert rows[1] == "| 3-4 | 0 of 16 | 0 | 0 of 32 | 0.0 | 14.0 |"  # 4 splits each of mnist5k (6 h) and digits (8 h)
