@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_peers import peer_options
 
-from peft_kadapt.training import build_model, is_head
+from peft_kadapt.training import build_model, is_head, parse_variant
 from peft_kadapt.training.cli import main as kadapt
 from peft_kadapt.training.methods import METHODS
 from peft_kadapt.training.run_image_classification import make_trainer, parse_args
@@ -318,6 +318,17 @@ def test_head_learning_rate_puts_the_head_in_groups_of_its_own(tiny_backbone, tm
     assert {n for n, (lr, _) in groups.items() if lr == 0.003} == {n for n in groups if is_head(n)}
     assert {lr for n, (lr, _) in groups.items() if not is_head(n)} == {0.3}
     assert [wd for n, (_, wd) in sorted(groups.items()) if is_head(n)] == [0.0, training.weight_decay]  # bias, weight
+
+
+@pytest.mark.parametrize("variant", ["linear", "lora r=2", "c3a block_size=8"])
+def test_the_bench_head_rate_and_kadapt_train_pick_the_same_head(tiny_backbone, variant):
+    # `kadapt bench --head_lr` gives the engine a name prefix, `kadapt train --head_learning_rate` asks is_head
+    from peft_kadapt.training.methods import head_prefix
+
+    model, is_peft = build_model(parse_variant(variant, model_name_or_path=tiny_backbone), ["a", "b"])
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    head = [n for n in names if is_head(n)]
+    assert head and head == [n for n in names if n.startswith(head_prefix(is_peft))]
 
 
 def test_head_learning_rate_is_checked(capsys):

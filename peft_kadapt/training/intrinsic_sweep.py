@@ -44,7 +44,7 @@ from .flags import (
     settings_from_flags,
 )
 from .logs import setup_logging
-from .methods import HEAD, is_head
+from .methods import HEAD, head_prefix, is_head
 from .outputs import claim_output_dir, write_atomically
 from .records import append_records, read_records
 
@@ -362,7 +362,7 @@ def _reference_runs(plan: SweepPlan, g: str, seed: int, data, previous: dict, re
         key = ("full", g, lr, seed)
         if key not in previous:
             t = time.perf_counter()
-            head_lr = ((HEAD + ".", args.lr),)  # the head trains as in every subspace run
+            head_lr = ((head_prefix(is_peft=False), args.lr),)  # the head trains as in every subspace run
             full = Recipe(lr, args.steps, args.batch_size, 0.0, seed=seed, prefix_learning_rates=head_lr)
             val, test = full_run(plan.model, plan.group_names[g], data, full, plan.extra, plan.head)
             seconds = round(time.perf_counter() - t, 1)

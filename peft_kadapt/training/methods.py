@@ -133,9 +133,17 @@ def _saved_kadaptation_config(path: str) -> KAdaptationConfig:
     return config
 
 
+PEFT_PREFIX = "base_model.model."  # where a PEFT model keeps the parameters of the model it wraps
+
+
 def is_head(name: str) -> bool:
     """Whether a parameter of the classifier, or of a PEFT model wrapping it, belongs to the new head (the one rule)."""
-    return name.removeprefix("base_model.model.").startswith(HEAD + ".")
+    return name.removeprefix(PEFT_PREFIX).startswith(HEAD + ".")
+
+
+def head_prefix(is_peft: bool) -> str:
+    """The name prefix of the head's parameters (`is_head`'s rule, for the engine's `Recipe.prefix_learning_rates`)."""
+    return f"{PEFT_PREFIX if is_peft else ''}{HEAD}."
 
 
 # Each grid is centred on the rate validation chose most often in the few-shot studies of docs/results.md (50 steps,

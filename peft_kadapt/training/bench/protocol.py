@@ -35,7 +35,7 @@ import torch
 from ..backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kwargs
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
 from ..engine import Recipe, evaluate, fit
-from ..methods import HEAD, METHODS, build_model, canonical_variant, is_head, parse_variant, with_alpha
+from ..methods import METHODS, build_model, canonical_variant, head_prefix, is_head, parse_variant, with_alpha
 from ..records import read_records as read_typed_records
 
 
@@ -248,12 +248,8 @@ def _train(variant: str, candidate: Candidate, settings: BenchSettings, labels, 
         warmup_steps=settings.warmup_steps,
         seed=settings.train_seed,
         bf16=settings.bf16,
-        # PEFT keeps the head under base_model.model.; the linear probe's head rate is its grid point
-        prefix_learning_rates=(
-            ((f"base_model.model.{HEAD}." if is_peft else f"{HEAD}.", head),)
-            if head is not None and spec.method != "linear"
-            else ()
-        ),
+        # the linear probe's head rate is its grid point
+        prefix_learning_rates=((head_prefix(is_peft), head),) if head is not None and spec.method != "linear" else (),
     )
     seconds = fit(model, x, y, recipe, extra)
     return model, is_peft, extra, seconds
