@@ -30,6 +30,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from peft_kadapt.parametrization import DEFAULT_PARAMETRIZATION
 from peft_kadapt.training import parse_variant
 from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
 from peft_kadapt.training.bench.report import (
@@ -481,9 +482,8 @@ def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8
                 continue
             ax.errorbar(params, mean, yerr=0 if half != half else half, fmt=markers["fc1" in variant],
                         color=colours[method], capsize=2, ms=4)  # fmt: skip
-            ax.annotate(
-                variant.split(" targets=")[0] + (" all" if "fc1" in variant else ""), (params, mean), fontsize=5
-            )
+            name = variant.split(" targets=")[0].replace(f" parametrization={DEFAULT_PARAMETRIZATION}", "")
+            ax.annotate(name + (" all" if "fc1" in variant else ""), (params, mean), fontsize=5)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # a span under a decade would label every minor tick
         ax.grid(alpha=0.3)
