@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One worker of the frontier study: every N-th split from W, seed-major (seeds 0-2 of every dataset and k come before
+# One worker of the frontier study: about every N-th split, seed-major (seeds 0-2 of every dataset and k come before
 # seeds 3-4, so a partial study is balanced), one thread, appending one record per (split, variant) to the committed
 # records; a split already recorded is skipped, so a queue stopped anywhere resumes where it stopped. A split that
 # fails is said in the log and the queue goes on (hours of other splits are not lost to one); the worker then exits 1
@@ -23,9 +23,12 @@ log="$logs/frontier_queue_$worker.log"
 failed=()
 i=0
 for seed in ${SEEDS:-0 1 2 3 4}; do
+  d=0
   for dataset in mnist5k textiles fashion_mnist digits; do
     for k in 5 20; do
-      if [ $((i % workers)) -eq "$worker" ]; then
+      # every other split, shifted by one on every other dataset: on 2 workers each takes both k of every seed and
+      # one textiles split (every N-th alone put each k on one worker, and k = 20 takes longer)
+      if [ $(((i + d) % workers)) -eq "$worker" ]; then
         OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --extend_edges 1 --datasets "$dataset" \
           --shots "$k" --seeds "$seed" --workers 1 --speed_rounds 0 --records "$records" \
           --output_dir "outputs/frontier_${only//,/_}_${dataset}_${k}_${seed}" >> "$log" 2>&1 ||
@@ -33,6 +36,7 @@ for seed in ${SEEDS:-0 1 2 3 4}; do
       fi
       i=$((i + 1))
     done
+    d=$((d + 1))
   done
 done
 if [ ${#failed[@]} -gt 0 ]; then

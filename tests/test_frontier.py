@@ -58,10 +58,13 @@ def test_the_queue_shares_the_splits_between_workers_seed_major(tmp_path):
     calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
     splits = [(c[c.index("--datasets") + 1], c[c.index("--shots") + 1], c[c.index("--seeds") + 1]) for c in calls]
     first, second = splits[:8], splits[8:]  # worker 0's, then worker 1's
-    assert all(k == "5" for _, k, _ in first) and all(k == "20" for _, k, _ in second)
     design = [(d, str(k), str(s)) for d, k, s in frontier.design_splits((0, 1))]  # what --progress counts
-    assert first == design[0::2] and second == design[1::2]
-    assert [s for _, _, s in first] == ["0"] * 4 + ["1"] * 4  # seed-major
+    assert sorted(first + second) == sorted(design)
+    assert first == [split for split in design if split in first]  # in the design's order: seed-major
+    assert [s for _, _, s in first] == ["0"] * 4 + ["1"] * 4
+    for worker in (first, second):  # each takes both k and one textiles split of every seed
+        assert sorted(k for _, k, s in worker if s == "0") == ["20", "20", "5", "5"]
+        assert sum(d == "textiles" for d, _, s in worker if s == "0") == 1
     assert all(c[c.index("--only") + 1] == "kadaptation" and "--extend_edges" in c for c in calls)
 
 
