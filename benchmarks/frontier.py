@@ -191,10 +191,10 @@ def print_progress(variants: list[str], records_path: str) -> None:
         for r in read_records(Path(records_path))
         if r.variant in wanted and (r.dataset, r.shots, r.seed) in design  # not the full-shot subset
     }
-    wall = defaultdict(list)
+    by_variant, by_method = defaultdict(list), defaultdict(list)  # wall seconds per (variant or method, dataset)
     for r in done.values():
-        wall[(r.variant, r.dataset)].append(r.wall_seconds)
-        wall[(r.method, r.dataset)].append(r.wall_seconds)
+        by_variant[(r.variant, r.dataset)].append(r.wall_seconds)
+        by_method[(r.method, r.dataset)].append(r.wall_seconds)
     print(f"{len(wanted)} variants, records {records_path}:\n")
     print("| seeds | splits with every variant | splits begun | runs recorded | core hours spent | core hours left |")
     print("|---|---|---|---|---|---|")
@@ -202,7 +202,11 @@ def print_progress(variants: list[str], records_path: str) -> None:
     for seeds in (DESIGN_SEEDS[:3], DESIGN_SEEDS[3:]):
         runs = [(d, k, s, v) for d, k, s in design_splits(seeds) for v in sorted(wanted)]
         have = [done[run].wall_seconds for run in runs if run in done]
-        left = [wall.get((v, d)) or wall.get((v.split()[0], d)) for d, k, s, v in runs if (d, k, s, v) not in done]
+        left = [
+            by_variant.get((v, d)) or by_method.get((v.split()[0], d))
+            for d, k, s, v in runs
+            if (d, k, s, v) not in done
+        ]
         unknown += sum(w is None for w in left)
         per_split = [sum((d, k, s, v) in done for v in wanted) for d, k, s in design_splits(seeds)]
         print(

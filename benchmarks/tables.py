@@ -296,26 +296,32 @@ def field(records: list[RunRecord], budgets=BUDGETS) -> list[dict]:
         rows = []
         for peer in sorted(v for v in by_variant if v not in kadapt):
             rows += [{**p, "peer": peer} for p in paired_differences(by_variant[best] + by_variant[peer], peer)]
-        datasets = {}
-        for dataset in sorted({r.dataset for r in classes[budget]}):
-            means = {
-                v: statistics.fmean(r.test_accuracy for r in rs if r.dataset == dataset)
-                for v, rs in by_variant.items()
-                if any(r.dataset == dataset for r in rs)
-            }
-            top = max(means, key=means.get)
-            datasets[dataset] = {
-                "rows": [p for p in rows if p["dataset"] == dataset],
-                "top": top,
-                "top_mean": means[top],
-            }
-        top = max(by_variant, key=lambda v: statistics.fmean(r.test_accuracy for r in by_variant[v]))
-        mean = statistics.fmean(r.test_accuracy for r in by_variant[top])
+        datasets = {
+            dataset: {"rows": [p for p in rows if p["dataset"] == dataset], **_top(by_variant, dataset)}
+            for dataset in sorted({r.dataset for r in classes[budget]})
+        }
         pooled = [p for p in rows if p["dataset"] == "pooled"]
-        out.append(
-            {"budget": budget, "best": best, "rows": pooled, "top": top, "top_mean": mean, "datasets": datasets}
-        )
+        out.append({"budget": budget, "best": best, "rows": pooled, **_top(by_variant), "datasets": datasets})
     return out
+
+
+def _top(by_variant: dict[str, list[RunRecord]], dataset: str | None = None) -> dict:
+    """The variant with the highest mean test accuracy (on `dataset`'s records alone when given), and that mean."""
+    means = {
+        v: statistics.fmean(r.test_accuracy for r in rs if dataset in (None, r.dataset))
+        for v, rs in by_variant.items()
+        if any(dataset in (None, r.dataset) for r in rs)
+    }
+    top = max(means, key=means.get)
+    return {"top": top, "top_mean": means[top]}
+
+
+def _standings(rows: list[dict]) -> dict[str, list[str]]:
+    """The peers of `rows` by KAdaptation's standing against each ('ahead', 'tied', 'behind')."""
+    standing = defaultdict(list)
+    for row in rows:
+        standing[_standing(row)].append(row["peer"])
+    return standing
 
 
 def field_markdown(fields: list[dict]) -> str:
@@ -328,12 +334,11 @@ def field_markdown(fields: list[dict]) -> str:
     ]
     words = []
     for c in fields:
-        standing = defaultdict(list)
+        standing = _standings(c["rows"])
         for row in c["rows"]:
-            word = _standing(row)
-            standing[word].append(row["peer"])
             lines.append(
-                f"| ~{c['budget'] // 1000}k | {c['best']} | {row['peer']} | {row['splits']} | {_diff(row)} | {word} |"
+                f"| ~{c['budget'] // 1000}k | {c['best']} | {row['peer']} | {row['splits']} | {_diff(row)} "
+                f"| {_standing(row)} |"
             )
         behind = f" (behind: {'; '.join(standing['behind'])})" if standing["behind"] else ""
         words.append(
@@ -354,9 +359,7 @@ def _field_by_dataset(fields: list[dict]) -> list[str]:
     ]
     for c in fields:
         for dataset, d in c["datasets"].items():
-            standing = defaultdict(list)
-            for row in d["rows"]:
-                standing[_standing(row)].append(row["peer"])
+            standing = _standings(d["rows"])
             lines.append(
                 f"| ~{c['budget'] // 1000}k | {dataset} | {len(standing['ahead'])} | {len(standing['tied'])} "
                 f"| {len(standing['behind'])} | {'; '.join(standing['behind']) or '-'} | {d['top']} ({d['top_mean']:.3f}) |"
