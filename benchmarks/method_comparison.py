@@ -30,7 +30,7 @@ from transformers import AutoConfig
 from peft_kadapt.config import default_target_modules
 from peft_kadapt.training import Recipe, build_model, get_method, parse_variant, pos_encoding_kwargs, resolve_model
 from peft_kadapt.training.bench.profiling import training_memory
-from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
+from peft_kadapt.training.bench.protocol import RunRecord, finished_by, normalised, read_records, superseding
 
 
 PACKAGES = ("transformers", "peft", "peft_kadapt", "datasets", "torch")
@@ -178,8 +178,22 @@ def main(argv=None) -> list[Path]:
     p.add_argument("--shots", default=None, help="comma-separated k to keep (e.g. 5,20: the few-shot splits)")
     p.add_argument("--output_dir", default="benchmarks/results/method_comparison")
     p.add_argument("--measure", action="store_true", help="measure training memory and total parameters")
+    p.add_argument(
+        "--until", default=None, metavar="TIME", help="only records finished at or before this UTC time (ISO)"
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="leave out the variants whose name contains TEXT (repeatable)",
+    )
     args = p.parse_args(argv)
-    records = superseding([r for path in args.records for r in read_records(Path(path))])
+    records = [r for path in args.records for r in read_records(Path(path))]
+    if args.until:
+        records = finished_by(records, args.until)
+    records = superseding(records)
+    records = [r for r in records if not any(text in r.variant for text in args.exclude)]
     if args.shots:
         keep = set(args.shots.split(","))
         records = [r for r in records if str(r.shots) in keep]

@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 from peft_kadapt.parametrization import DEFAULT_PARAMETRIZATION
 from peft_kadapt.training import parse_variant
-from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, superseding
+from peft_kadapt.training.bench.protocol import RunRecord, finished_by, normalised, read_records, superseding
 from peft_kadapt.training.bench.report import (
     accuracy,
     mean_interval,
@@ -554,8 +553,7 @@ def main(argv=None) -> None:
         if not records:
             raise SystemExit(f"--shots {args.shots}: no record has these k (write k as 5 or 20, or full).")
     if args.until:
-        until = datetime.fromisoformat(args.until).replace(tzinfo=timezone.utc)
-        records = [r for r in records if datetime.fromisoformat(r.finished) <= until]
+        records = finished_by(records, args.until)
     records = superseding(records)
     records = [r for r in records if not any(text in r.variant for text in args.exclude)]
     if not records:

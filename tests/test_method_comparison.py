@@ -54,3 +54,18 @@ def test_one_file_per_variant_in_peft_s_layout(tmp_path, capsys):
     assert train["metrics"][-1] == {"splits": 3, "test accuracy": pytest.approx(0.7)}
     assert ka["meta_info"]["dataset_info"] == {"a": {"splits": 2}, "b": {"splits": 1}}
     assert json.loads(written[1].read_text())["run_info"]["peft_config"] is None  # the linear probe has none
+
+
+def test_until_and_exclude_leave_later_and_named_records_out(tmp_path):
+    early = record(f"kadaptation n=8 r=1 {QV}", "a", 0, 0.6)
+    early.finished = "2026-12-07T10:00:00+00:00"
+    late = record(f"kadaptation n=8 r=1 {QV}", "a", 1, 0.9)
+    late.finished = "2026-12-07T11:00:00+00:00"
+    peer = record(f"vera r=256 {QV}", "a", 0, 0.5)
+    peer.finished = "2026-12-07T09:00:00+00:00"
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in (early, late, peer)))
+    argv = [str(path), "--output_dir", str(tmp_path / "out"), "--until", "2026-12-07T10:30:00", "--exclude", "vera"]
+    (written,) = method_comparison.main(argv)
+    metrics = json.loads(written.read_text())["train_info"]["metrics"]
+    assert [m.get("seed") for m in metrics[:-1]] == [0] and metrics[-1]["test accuracy"] == pytest.approx(0.6)

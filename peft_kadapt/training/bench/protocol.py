@@ -453,6 +453,13 @@ def superseding(records: list[RunRecord]) -> list[RunRecord]:
     return list(latest.values())
 
 
+def finished_by(records: list[RunRecord], until: str) -> list[RunRecord]:
+    """The records finished at or before `until` (ISO time, read as UTC), so that a table of a study that still
+    appends records can be recomputed as it was."""
+    cut = datetime.fromisoformat(until).replace(tzinfo=timezone.utc)
+    return [r for r in records if datetime.fromisoformat(r.finished) <= cut]
+
+
 def read_records(path: Path) -> list[RunRecord]:
     """The benchmark records of a JSON-lines file; [] when it does not exist."""
     return read_typed_records(path, RunRecord)
