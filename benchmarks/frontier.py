@@ -176,46 +176,76 @@ def design_splits(seeds=DESIGN_SEEDS) -> list[tuple[str, int, int]]:
     return [(d, k, seed) for seed in seeds for d in DESIGN_DATASETS for k in DESIGN_SHOTS]
 
 
+def _wall_means(wanted: set[str], records: list) -> tuple[dict, dict, dict]:
+    """Mean wall seconds per (variant, dataset) of every record and per (method, dataset) of the wanted variants', and
+    per dataset pair how much dearer the first is than the second (median ratio over the variants run on both)."""
+    from statistics import fmean, median
+
+    variant_walls, method_walls = defaultdict(list), defaultdict(list)
+    for r in records:
+        variant_walls[r.variant, r.dataset].append(r.wall_seconds)
+        if r.variant in wanted:
+            method_walls[r.method, r.dataset].append(r.wall_seconds)
+    by_variant = {key: fmean(w) for key, w in variant_walls.items()}
+    ratios = defaultdict(list)
+    for (v, d), w in by_variant.items():
+        for (v2, d2), w2 in by_variant.items():
+            if v2 == v and d2 != d:
+                ratios[d, d2].append(w / w2)
+    by_method = {key: fmean(w) for key, w in method_walls.items()}
+    return by_variant, by_method, {pair: median(r) for pair, r in ratios.items()}
+
+
 def print_progress(variants: list[str], records_path: str) -> None:
     """How far the study of `variants` is over the design's splits (seeds 0-2, then 3-4), and the core time it took and
     will take: each missing run estimated by the mean wall time of the same variant on the same dataset, else of its
-    method there."""
+    method there, else of the variant (or its method) on another dataset times that dataset's relative cost."""
     from statistics import fmean
 
     from peft_kadapt.training.bench.protocol import read_records
 
     wanted = {canonical_variant(v) for v in variants}
     design = set(design_splits())
-    done = {
-        (r.dataset, r.shots, r.seed, r.variant): r
-        for r in read_records(Path(records_path))
-        if r.variant in wanted and (r.dataset, r.shots, r.seed) in design  # not the full-shot subset
-    }
-    by_variant, by_method = defaultdict(list), defaultdict(list)  # wall seconds per (variant or method, dataset)
-    for r in done.values():
-        by_variant[(r.variant, r.dataset)].append(r.wall_seconds)
-        by_method[(r.method, r.dataset)].append(r.wall_seconds)
+    records = [r for r in read_records(Path(records_path)) if (r.dataset, r.shots, r.seed) in design]  # not full-shot
+    done = {(r.dataset, r.shots, r.seed, r.variant): r for r in records if r.variant in wanted}
+    by_variant, by_method, ratios = _wall_means(wanted, records)
+
+    def estimate(variant: str, dataset: str) -> tuple[float | None, bool]:
+        """Mean wall seconds of one missing run, and whether it was scaled from another dataset."""
+        tables = ((by_variant, variant), (by_method, variant.split()[0]))
+        for means, name in tables:
+            if (name, dataset) in means:
+                return means[name, dataset], False
+        for means, name in tables:
+            scaled = [w * ratios[dataset, d] for (n, d), w in means.items() if n == name and (dataset, d) in ratios]
+            if scaled:
+                return fmean(scaled), True
+        return None, False
+
     print(f"{len(wanted)} variants, records {records_path}:\n")
     print("| seeds | splits with every variant | splits begun | runs recorded | core hours spent | core hours left |")
     print("|---|---|---|---|---|---|")
-    unknown = 0
+    unknown = scaled = 0
     for seeds in (DESIGN_SEEDS[:3], DESIGN_SEEDS[3:]):
         runs = [(d, k, s, v) for d, k, s in design_splits(seeds) for v in sorted(wanted)]
         have = [done[run].wall_seconds for run in runs if run in done]
-        left = [
-            by_variant.get((v, d)) or by_method.get((v.split()[0], d))
-            for d, k, s, v in runs
-            if (d, k, s, v) not in done
-        ]
-        unknown += sum(w is None for w in left)
+        left = [estimate(v, d) for d, k, s, v in runs if (d, k, s, v) not in done]
+        unknown += sum(w is None for w, _ in left)
+        scaled += sum(other for _, other in left)
         per_split = [sum((d, k, s, v) in done for v in wanted) for d, k, s in design_splits(seeds)]
         print(
             f"| {seeds[0]}-{seeds[-1]} | {per_split.count(len(wanted))} of {len(per_split)} | "
             f"{sum(n > 0 for n in per_split)} | {len(have)} of {len(runs)} | {sum(have) / 3600:.1f} | "
-            f"{sum(fmean(w) for w in left if w) / 3600:.1f} |"
+            f"{sum(w for w, _ in left if w) / 3600:.1f} |"
+        )
+    if scaled:
+        print(
+            f"\n{scaled} missing runs have no record of their method on their dataset: estimated from another dataset."
         )
     if unknown:
-        print(f"\n{unknown} missing runs have no record of their method on their dataset: not in the hours left.")
+        print(
+            f"\n{unknown} missing runs have no record of their method anywhere, nor a dataset to scale from: not counted."
+        )
 
 
 def main(argv=None) -> None:

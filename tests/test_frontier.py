@@ -94,10 +94,12 @@ def test_progress_counts_the_design_splits_and_estimates_the_hours_left(tmp_path
     records.append(run(lora, "mnist5k", "full (100/class)", 0, 1.0))  # not a split of the design
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
     frontier.print_progress([lora, ia3], str(tmp_path / "r.jsonl"))
-    rows = [
-        line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0-2") or line.startswith("| 3-4")
-    ]
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 0-2") or line.startswith("| 3-4")]
     # seeds 0-2: 24 splits, 48 runs; 3 recorded (3.5 h); left: mnist5k 5 more lora and ia3 runs (1 h, 0.5 h each),
-    # digits 5 more lora (2 h each); ia3 on digits and both on the other datasets have no record: not counted
-    assert rows[0] == "| 0-2 | 1 of 24 | 2 | 3 of 48 | 3.5 | 17.5 |"
-    assert rows[1] == "| 3-4 | 0 of 16 | 0 | 0 of 32 | 0.0 | 14.0 |"  # 4 splits each of mnist5k (6 h) and digits (8 h)
+    # digits 5 more lora (2 h each) and 6 ia3, scaled from mnist5k by lora's cost there (2 x: 1 h each); both on the
+    # other datasets have no record of any variant to scale from: not counted
+    assert rows[0] == "| 0-2 | 1 of 24 | 2 | 3 of 48 | 3.5 | 23.5 |"
+    assert rows[1] == "| 3-4 | 0 of 16 | 0 | 0 of 32 | 0.0 | 18.0 |"  # 4 splits each of mnist5k (6 h) and digits (12 h)
+    assert "10 missing runs have no record of their method on their dataset: estimated from another" in out
+    assert "40 missing runs have no record of their method anywhere" in out
