@@ -100,6 +100,7 @@ def test_progress_counts_the_design_splits_and_estimates_the_hours_left(tmp_path
     # digits 5 more lora (2 h each) and 6 ia3, scaled from mnist5k by lora's cost there (2 x: 1 h each); both on the
     # other datasets have no record of any variant to scale from: not counted
     assert rows[0] == "| 0-2 | 1 of 24 | 2 | 3 of 48 | 3.5 | 23.5 |"
-    assert rows[1] == "| 3-4 | 0 of 16 | 0 | 0 of 32 | 0.0 | 18.0 |"  # 4 splits each of mnist5k (6 h) and digits (12 h)
+    # seeds 3-4: 4 splits each of mnist5k (6 h) and digits (12 h)
+    assert rows[1] == "| 3-4 | 0 of 16 | 0 | 0 of 32 | 0.0 | 18.0 |"
     assert "10 missing runs have no record of their method on their dataset: estimated from another" in out
     assert "40 missing runs have no record of their method anywhere" in out
