@@ -63,10 +63,21 @@ def test_a_peer_searches_its_own_scales_unless_the_variant_writes_one():
 
 
 @pytest.mark.parametrize(("variant", "field", "value"), [("fourierft n_frequency=64 scaling=300", "scaling", 150.0),
-                                                         ("loha r=2 alpha=4", "alpha", 16), ("lily r=4", "scaling", 0.1)])  # fmt: skip
+                                                         ("loha r=2 alpha=4", "alpha", 16), ("lily r=4", "scaling", 0.1),
+                                                         ("loha r=2", "alpha", 0.25)])  # fmt: skip
 def test_with_alpha_sets_the_peer_config_scale(variant, field, value, tiny_backbone):
     spec = with_alpha(parse_variant(f"{variant} targets=q_proj+v_proj", model_name_or_path=tiny_backbone), value)
     model, _ = build_model(spec, ["a", "b"])
     assert getattr(model.peft_config["default"], field) == value
     with pytest.raises(ValueError, match="Method 'vera' has no adapter scale to set to 4"):
         with_alpha(parse_variant("vera r=8"), 4.0)
+
+
+def test_a_scale_below_one_reaches_the_peer_layers_and_only_the_scale_takes_a_fraction(tiny_backbone):
+    # LoHaConfig.alpha is hinted int, but LoHa divides it by r: the bench's edge extension searches alpha 0.25
+    spec = with_alpha(parse_variant("loha r=2 targets=q_proj+v_proj", model_name_or_path=tiny_backbone), 0.25)
+    model, _ = build_model(spec, ["a", "b"])
+    scalings = [m.scaling["default"] for m in model.modules() if hasattr(m, "hada_w1_a")]
+    assert scalings and all(s == pytest.approx(0.125) for s in scalings)
+    with pytest.raises(ValueError, match=r"'r=2.5,alpha=0.25': r=2.5 is not int \(LoHaConfig.r\)"):
+        parse_variant("loha r=2.5 alpha=0.25")

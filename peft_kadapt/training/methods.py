@@ -200,8 +200,9 @@ METHODS: dict[str, Method] = {
 }
 
 
-def _options(args: ModelArguments, config_class: type) -> dict:
-    """`--peft_options` "r=4,alpha=8" -> {"r": 4, "alpha": 8.0}, each value converted to the config field's type."""
+def _options(args: ModelArguments, config_class: type, scale_field: str | None = None) -> dict:
+    """`--peft_options` "r=4,alpha=8" -> {"r": 4, "alpha": 8.0}, each value converted to the config field's type; the
+    method's scale (`scale_field`) takes any number, as PEFT's layers divide it (LoHa: alpha / r) whatever its hint."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     out = {}
     for pair in filter(None, (args.peft_options or "").split(",")):
@@ -211,19 +212,22 @@ def _options(args: ModelArguments, config_class: type) -> dict:
                 f"--peft_options {args.peft_options!r}: {pair!r} is not KEY=VALUE with KEY a field of "
                 f"{config_class.__name__} ({', '.join(sorted(fields))})."
             )
-        out[key.strip()] = _typed(config_class, key.strip(), _literal(raw.strip()), args.peft_options)
+        key = key.strip()
+        out[key] = _typed(config_class, key, _literal(raw.strip()), args.peft_options, key == scale_field)
     return out
 
 
-def _typed(config_class: type, key: str, value, flag: str):
-    """`value` if the config field `key` can hold it (an int where a float is expected becomes a float), else a
-    ValueError that names the key and the type."""
+def _typed(config_class: type, key: str, value, flag: str, any_number: bool = False):
+    """`value` if the config field `key` can hold it (an int where a float is expected becomes a float; a float where
+    an int is expected only with `any_number`), else a ValueError that names the key and the type."""
     hint = typing.get_type_hints(config_class).get(key)
     allowed = [a for a in (typing.get_args(hint) or (hint,)) if isinstance(a, type)]
     if not allowed or any(isinstance(value, a) and not (a is int and isinstance(value, bool)) for a in allowed):
         return value
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if any_number and isinstance(value, float):
+        return value
     names = " or ".join(a.__name__ for a in allowed if a is not type(None))
     raise ValueError(f"--peft_options {flag!r}: {key}={value!r} is not {names} ({config_class.__name__}.{key}).")
 
@@ -237,11 +241,11 @@ def _literal(raw: str):
     return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
-def _peer(config_class: type):
+def _peer(config_class: type, scale_field: str | None):
     """A PEFT method that this package trains as PEFT configures it: its options, the targets, the head saved."""
 
     def build(args: ModelArguments, targets: list[str]) -> PeftConfig:
-        options = _options(args, config_class)
+        options = _options(args, config_class, scale_field)
         if config_class is peft.IA3Config:  # (IA)³ scales the input of the MLP's output layer, as its paper does
             options.setdefault("feedforward_modules", [t for t in targets if t in FEEDFORWARD_OUTPUTS])
         return config_class(**options, target_modules=targets, modules_to_save=[HEAD])
@@ -287,7 +291,7 @@ for _name, (_cls, _trains, _lr, _grid) in PEERS.items():
         _trains,
         _lr,
         _grid,
-        _peer(_cls),
+        _peer(_cls, _field),
         peft_type=_name.upper(),
         options_class=_cls,
         quick_learning_rate=_lr,
@@ -388,7 +392,7 @@ def parse_variant(variant: str, **defaults) -> ModelArguments:
         base = replace(ModelArguments(**defaults), method=name, peft_options=",".join(options) or None)
         if targets:
             base = replace(base, target_modules=targets[-1].replace("+", ","))
-        _options(base, method.options_class)  # errors now, naming the variant's key
+        _options(base, method.options_class, method.alpha_field)  # errors now, naming the variant's key
         return base
     keys = VARIANT_KEYS[method.name]
     types = typing.get_type_hints(ModelArguments)  # resolved types (HfArgumentParser rewrites `Field.type` in place)
