@@ -48,6 +48,7 @@ DESIGN_SEEDS, DESIGN_DATASETS, DESIGN_SHOTS = (
     ("mnist5k", "textiles", "fashion_mnist", "digits"),
     (5, 20),
 )
+DESIGN_BUDGETS = (20_000, 80_000, 150_000)  # adapter parameters, head excluded
 # The references' learning-rate grids since the study began (the method table's until 2026-11-29, when its grids moved
 # to centre on what validation chose): pinned, so every split of the study runs the same protocol. `--grid` overrides.
 REFERENCE_GRIDS = {"linear": "1e-3,3e-3,1e-2", "bitfit": "1e-3,3e-3,1e-2", "full": "1e-5,3e-5,1e-4"}
@@ -250,7 +251,7 @@ def print_progress(variants: list[str], records_path: str) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budgets", default="20000,80000,150000")
+    p.add_argument("--budgets", default=",".join(map(str, DESIGN_BUDGETS)))
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument("--list", action="store_true", help="print the variants and their adapter parameters, and stop")
     p.add_argument("--vit_b", action="store_true", help="with --list: also each variant's count on ViT-B/16")

@@ -7,7 +7,12 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from peft_kadapt.training.bench.protocol import RunRecord
+import pytest
+import torch
+
+from peft_kadapt.training import DINOV2_SMALL_ALIAS, HEAD, build_model, parse_variant, pos_encoding_kwargs, with_alpha
+from peft_kadapt.training.bench.protocol import RunRecord, default_grid, edge_neighbours
+from peft_kadapt.training.methods import PEERS
 
 
 spec = importlib.util.spec_from_file_location("frontier", Path(__file__).parents[1] / "benchmarks" / "frontier.py")
@@ -104,3 +109,22 @@ def test_progress_counts_the_design_splits_and_estimates_the_hours_left(tmp_path
     assert rows[1] == "| 3-4 | 0 of 16 | 0 | 0 of 32 | 0.0 | 18.0 |"
     assert "10 missing runs have no record of their method on their dataset: estimated from another" in out
     assert "40 missing runs have no record of their method anywhere" in out
+
+
+@pytest.mark.slow
+def test_every_peer_variant_of_the_study_trains_a_step_at_the_edges_of_its_scale_grid():
+    # what the study's edge extension will ask of each peer on the real ViT-S: LoHa at alpha 0.25 (a fraction in a
+    # field PEFT hints as int) once killed a split mid-way
+    labels = [str(i) for i in range(10)]
+    variants = frontier.peer_variants(list(frontier.DESIGN_BUDGETS), DINOV2_SMALL_ALIAS, labels, list(PEERS))
+    assert {v.split()[0] for v in variants} == set(PEERS)
+    for variant in variants:
+        grid = default_grid(variant)
+        beyond = {c.alpha for point in grid for c in edge_neighbours(point, grid)}
+        for alpha in beyond | {grid[0].alpha}:
+            spec = parse_variant(variant, model_name_or_path=DINOV2_SMALL_ALIAS)
+            model, _ = build_model(spec if alpha is None else with_alpha(spec, alpha), labels)
+            logits = model(pixel_values=torch.randn(1, 3, 56, 56), **pos_encoding_kwargs(model, 56)).logits
+            logits.logsumexp(-1).sum().backward()
+            grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and f"{HEAD}." not in n]
+            assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), (variant, alpha)
