@@ -30,7 +30,7 @@ from transformers import AutoConfig
 from peft_kadapt.config import default_target_modules
 from peft_kadapt.training import Recipe, build_model, get_method, parse_variant, pos_encoding_kwargs, resolve_model
 from peft_kadapt.training.bench.profiling import training_memory
-from peft_kadapt.training.bench.protocol import RunRecord, finished_by, normalised, read_records, superseding
+from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, study_cut
 
 
 PACKAGES = ("transformers", "peft", "peft_kadapt", "datasets", "torch")
@@ -190,10 +190,7 @@ def main(argv=None) -> list[Path]:
     )
     args = p.parse_args(argv)
     records = [r for path in args.records for r in read_records(Path(path))]
-    if args.until:
-        records = finished_by(records, args.until)
-    records = superseding(records)
-    records = [r for r in records if not any(text in r.variant for text in args.exclude)]
+    records = study_cut(records, args.until, args.exclude)
     if args.shots:
         keep = set(args.shots.split(","))
         records = [r for r in records if str(r.shots) in keep]

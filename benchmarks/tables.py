@@ -31,7 +31,7 @@ from pathlib import Path
 
 from peft_kadapt.parametrization import DEFAULT_PARAMETRIZATION
 from peft_kadapt.training import parse_variant
-from peft_kadapt.training.bench.protocol import RunRecord, finished_by, normalised, read_records, superseding
+from peft_kadapt.training.bench.protocol import RunRecord, normalised, read_records, study_cut
 from peft_kadapt.training.bench.report import (
     accuracy,
     mean_interval,
@@ -552,10 +552,7 @@ def main(argv=None) -> None:
         records = [r for r in records if str(r.shots).split()[0] in wanted]
         if not records:
             raise SystemExit(f"--shots {args.shots}: no record has these k (write k as 5 or 20, or full).")
-    if args.until:
-        records = finished_by(records, args.until)
-    records = superseding(records)
-    records = [r for r in records if not any(text in r.variant for text in args.exclude)]
+    records = study_cut(records, args.until, args.exclude)
     if not records:
         raise SystemExit(f"--exclude {args.exclude}: no record is left.")
     for r in records:

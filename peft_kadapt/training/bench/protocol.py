@@ -453,11 +453,14 @@ def superseding(records: list[RunRecord]) -> list[RunRecord]:
     return list(latest.values())
 
 
-def finished_by(records: list[RunRecord], until: str) -> list[RunRecord]:
-    """The records finished at or before `until` (ISO time, read as UTC), so that a table of a study that still
-    appends records can be recomputed as it was."""
-    cut = datetime.fromisoformat(until).replace(tzinfo=timezone.utc)
-    return [r for r in records if datetime.fromisoformat(r.finished) <= cut]
+def study_cut(records: list[RunRecord], until: str | None = None, exclude=()) -> list[RunRecord]:
+    """One record per run (`superseding`) of those finished at or before `until` (ISO time, read as UTC: a table of a
+    study that still appends records is recomputed as it was), without the variants whose name contains a text of
+    `exclude`."""
+    if until:
+        cut = datetime.fromisoformat(until).replace(tzinfo=timezone.utc)
+        records = [r for r in records if datetime.fromisoformat(r.finished) <= cut]
+    return [r for r in superseding(records) if not any(text in r.variant for text in exclude)]
 
 
 def read_records(path: Path) -> list[RunRecord]:
