@@ -188,11 +188,15 @@ def _wall_means(wanted: set[str], records: list) -> tuple[dict, dict, dict]:
         if r.variant in wanted:
             method_walls[r.method, r.dataset].append(r.wall_seconds)
     by_variant = {key: fmean(w) for key, w in variant_walls.items()}
-    ratios = defaultdict(list)
+    per_dataset = defaultdict(dict)  # variant -> dataset -> mean wall seconds
     for (v, d), w in by_variant.items():
-        for (v2, d2), w2 in by_variant.items():
-            if v2 == v and d2 != d:
-                ratios[d, d2].append(w / w2)
+        per_dataset[v][d] = w
+    ratios = defaultdict(list)
+    for walls in per_dataset.values():
+        for d, w in walls.items():
+            for d2, w2 in walls.items():
+                if d2 != d:
+                    ratios[d, d2].append(w / w2)
     by_method = {key: fmean(w) for key, w in method_walls.items()}
     return by_variant, by_method, {pair: median(r) for pair, r in ratios.items()}
 
