@@ -242,6 +242,18 @@ def bench_unknown_variant_key(tmp, backbone):
     )
 
 
+TINY_TRAIN = "--dataset_name digits --shots 10 --test_per_class 10 --resolution 32 --num_train_epochs 2 --kadapt_n 4"
+
+
+def train_that_diverges(method: str, *extra: str):
+    def mistake(tmp, backbone):
+        argv = ["train", "--model_name_or_path", backbone, *TINY_TRAIN.split(), "--method", method]
+        return kadapt([*argv, "--output_dir", str(tmp / "run"), "--disable_tqdm", "true", *extra])
+
+    mistake.__name__ = f"train_that_diverges({method} {' '.join(extra)})"
+    return mistake
+
+
 def intrinsic_bad_regex(tmp, backbone):
     return kadapt(["intrinsic-dim", "--model_name_or_path", backbone, "--group", "q=(", "--output_dir", str(tmp)])
 
@@ -318,6 +330,22 @@ ROWS_WITH_BACKBONE = [
     (bench_unknown_variant_key, ValueError, ["'rank=4'", "KEY one of", "'n'"]),
     (params_with_n_that_cannot_be_built, ValueError, ["n=5", "Values of n that would work"]),
     (intrinsic_bad_regex, ValueError, ["--group 'q=('", "not a valid regular expression"]),
+    (
+        train_that_diverges("kadaptation", "--learning_rate", "1e6"),
+        ValueError,
+        [
+            "Training diverged",
+            "after step 5 (epoch 1)",
+            "--learning_rate 1e+06",
+            "--kadapt_alpha",
+            "no checkpoint was written",
+        ],
+    ),
+    (
+        train_that_diverges("fourierft", "--learning_rate", "1e9", "--head_learning_rate", "3e-3"),
+        ValueError,
+        ["Training diverged", "--learning_rate 1e+09, --head_learning_rate 0.003", "--peft_options scaling=..."],
+    ),
     (intrinsic_flags("--shots", "-5"), ValueError, ["--shots -5: expected 1 or more"]),
     (intrinsic_flags("--val_per_class", "0"), ValueError, ["--val_per_class 0: expected 1 or more"]),
     (intrinsic_flags("--seeds", "0,-1"), ValueError, ["--seeds '0,-1'", "0 or more"]),
@@ -359,6 +387,35 @@ def test_non_finite_adapters_load_when_allowed(tmp_path, monkeypatch):
     monkeypatch.setenv("KADAPT_ALLOW_NONFINITE", "1")
     model = adapter_with_nan(tmp_path)
     assert any(torch.isnan(p).any() for n, p in model.named_parameters() if "kadapt_u" in n)
+
+
+def test_a_run_that_diverges_stops_before_its_next_checkpoint_and_writes_no_result(
+    tiny_backbone, tmp_path, monkeypatch
+):
+    from transformers import TrainerCallback
+
+    from peft_kadapt.training import run_image_classification as program
+
+    class BreakAWeight(TrainerCallback):  # a weight turns NaN at step 7 of 10 (5 per epoch; checkpoints per epoch)
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 7:
+                with torch.no_grad():
+                    next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+    def make_trainer(*args, **kwargs):
+        trainer = build_trainer(*args, **kwargs)
+        trainer.add_callback(BreakAWeight())
+        return trainer
+
+    build_trainer = program.make_trainer
+    monkeypatch.setattr(program, "make_trainer", make_trainer)
+    with pytest.raises(ValueError, match=r"after step 10 \(epoch 2\) [0-9]+ trainable tensors") as raised:
+        train_that_diverges("kadaptation")(tmp_path, tiny_backbone)
+    run = tmp_path / "run"
+    assert f"its last checkpoint, {run / 'checkpoint-5'}, is from before the divergence" in str(raised.value)
+    assert sorted(p.name for p in run.iterdir()) == [".kadapt-run.json", "checkpoint-5"]  # no metrics, no adapter
+    weights = load_file(run / "checkpoint-5" / "adapter_model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
 
 
 def test_overwrite_removes_what_the_earlier_run_wrote_and_nothing_else(tmp_path):

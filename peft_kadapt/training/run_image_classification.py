@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from peft_kadapt.hub import write_model_card
 from peft_kadapt.training import (
@@ -264,7 +265,8 @@ def train_and_test(model_args, data_args, training_args) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info("%s: %s trainable of %s parameters", model_args.method, f"{trainable:,}", f"{total:,}")
-    trainer = make_trainer(model, training_args, splits, pos_encoding_kwargs(model, data_args.resolution))
+    extra = pos_encoding_kwargs(model, data_args.resolution)
+    trainer = make_trainer(model, training_args, splits, extra, scale_flag(model_args.method))
     # Train, choosing the checkpoint on validation; then test once. Models without adapter: the Trainer's own reload
     # misses the names transformers 5 renames, so load them here.
     if training_args.resume_from_checkpoint and not is_peft:
@@ -297,7 +299,7 @@ def load_splits(data_args):
     )
 
 
-def make_trainer(model, training_args, splits, extra: dict) -> Trainer:
+def make_trainer(model, training_args, splits, extra: dict, scale_flag: str | None = None) -> Trainer:
     accuracy = load_accuracy()  # evaluate's accuracy, from the Hub or the copy shipped with peft_kadapt
 
     def compute_metrics(eval_pred) -> dict:
@@ -315,7 +317,48 @@ def make_trainer(model, training_args, splits, extra: dict) -> Trainer:
         eval_dataset=splits["validation"],
         data_collator=collate,
         compute_metrics=compute_metrics,
+        callbacks=[StopWhenDiverged(scale_flag)],
     )
+
+
+def scale_flag(method: str) -> str | None:
+    """The flag that sets `method`'s adapter scale, as a user would write it (None: the method has none)."""
+    field_name = METHODS[method].alpha_field
+    if field_name is None:
+        return None
+    return f"--{field_name}" if METHODS[method].options_class is None else f"--peft_options {field_name}=..."
+
+
+class StopWhenDiverged(TrainerCallback):
+    """Stops the run with an error that names `--learning_rate` as soon as a trainable tensor holds NaN or inf:
+    checked before every log, evaluation and checkpoint and at the last step, so no checkpoint of a diverged model is
+    written and no metric of one is reported (the Trainer would go on, log losses with the non-finite steps filtered
+    out, and choose among checkpoints that all score at chance). `scale_flag`: how to lower the adapter's scale."""
+
+    def __init__(self, scale_flag: str | None = None):
+        self.scale_flag = scale_flag
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        due = control.should_log or control.should_evaluate or control.should_save
+        if model is not None and (due or state.global_step >= state.max_steps):
+            broken = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+            if broken:
+                raise ValueError(self.message(args, state, broken))
+
+    on_epoch_end = on_step_end  # the epoch strategies (this program's defaults) set their flags here
+
+    def message(self, args, state, broken: list[str]) -> str:
+        rates = f"--learning_rate {args.learning_rate:g}"
+        if getattr(args, "head_learning_rate", None) is not None:
+            rates += f", --head_learning_rate {args.head_learning_rate:g}"
+        scale = f" or the adapter's scale ({self.scale_flag})" if self.scale_flag else ""
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        kept = f"its last checkpoint, {last}, is from before the divergence" if last else "no checkpoint was written"
+        return (
+            f"Training diverged: after step {state.global_step} (epoch {state.epoch or 0:.3g}) {len(broken)} "
+            f"trainable tensors hold NaN or infinite values (first: {broken[:3]}). Lower the learning rate ({rates})"
+            f"{scale} and train again; no metrics or adapter of this run were written, and {kept}."
+        )
 
 
 class HeadRateTrainer(Trainer):
