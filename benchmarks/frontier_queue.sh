@@ -10,7 +10,8 @@
 #   benchmarks/frontier_queue.sh 1 2 vera,pvera,fourierft,vblora,loha,ia3,oft,lily,tinylora,c3a   # the peers
 #
 # Environment: PYTHON (default .venv/bin/python), SEEDS (default "0 1 2 3 4"), RECORDS (default
-# benchmarks/results/frontier.jsonl), LOGS (default outputs: the log is LOGS/frontier_queue_W.log).
+# benchmarks/results/frontier.jsonl), LOGS (default outputs: the log is LOGS/frontier_queue_W.log), EXTEND (rounds of
+# grid-edge extension, default 3; records made with fewer rounds, the study's first ones at 1, are topped up).
 set -euo pipefail
 [ $# -eq 3 ] || { echo "usage: $0 WORKER WORKERS ONLY (see the header)" >&2; exit 2; }
 cd "$(dirname "$0")/.."
@@ -29,8 +30,8 @@ for seed in ${SEEDS:-0 1 2 3 4}; do
       # every other split, shifted by one on every other dataset: on 2 workers each takes both k of every seed and
       # one textiles split (every N-th alone put each k on one worker, and k = 20 takes longer)
       if [ $(((i + d) % workers)) -eq "$worker" ]; then
-        OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --extend_edges 1 --datasets "$dataset" \
-          --shots "$k" --seeds "$seed" --workers 1 --speed_rounds 0 --records "$records" \
+        OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --extend_edges "${EXTEND:-3}" \
+          --datasets "$dataset" --shots "$k" --seeds "$seed" --workers 1 --speed_rounds 0 --records "$records" \
           --output_dir "outputs/frontier_${only//,/_}_${dataset}_${k}_${seed}" >> "$log" 2>&1 ||
           { failed+=("$dataset k=$k seed=$seed"); echo "frontier_queue: $dataset k=$k seed=$seed failed" >> "$log"; }
       fi

@@ -541,7 +541,7 @@ def main(argv=None) -> None:
         "--validation",
         action="store_true",
         help="tabulate the chosen points' validation accuracy instead of test accuracy (what validation preferred); "
-        "results and frontier tables only",
+        "results and frontier tables, and which points validation chose (how often on the grid's edge)",
     )
     args = p.parse_args(argv)
     if args.validation and (args.verdict or args.plot or args.map):
@@ -571,6 +571,7 @@ def main(argv=None) -> None:
         print("Validation accuracy of each chosen point (test accuracy is not shown).\n")
         print(results_markdown(records, reference=args.reference, metric="validation"))
         print(frontier_markdown(records, metric="validation"))
+        print(chosen_settings_markdown(records))
         return
     print(results_markdown(records, reference=args.reference))
     print(frontier_markdown(records))

@@ -70,7 +70,7 @@ def test_the_queue_shares_the_splits_between_workers_seed_major(tmp_path):
     for worker in (first, second):  # each takes both k and one textiles split of every seed
         assert sorted(k for _, k, s in worker if s == "0") == ["20", "20", "5", "5"]
         assert sum(d == "textiles" for d, _, s in worker if s == "0") == 1
-    assert all(c[c.index("--only") + 1] == "kadaptation" and "--extend_edges" in c for c in calls)
+    assert all(c[c.index("--only") + 1] == "kadaptation" and c[c.index("--extend_edges") + 1] == "3" for c in calls)
 
 
 def test_a_failed_split_is_named_and_the_queue_goes_on(tmp_path):
@@ -113,15 +113,16 @@ def test_progress_counts_the_design_splits_and_estimates_the_hours_left(tmp_path
 
 @pytest.mark.slow
 def test_every_peer_variant_of_the_study_trains_a_step_at_the_edges_of_its_scale_grid():
-    # what the study's edge extension will ask of each peer on the real ViT-S: LoHa at alpha 0.25 (a fraction in a
-    # field PEFT hints as int) once killed a split mid-way
+    # what the study's edge extension (frontier_queue.sh: 3 rounds) can ask of each peer on the real ViT-S: LoHa at
+    # alpha 0.25 (a fraction in a field PEFT hints as int) once killed a split mid-way
     labels = [str(i) for i in range(10)]
     variants = frontier.peer_variants(list(frontier.DESIGN_BUDGETS), DINOV2_SMALL_ALIAS, labels, list(PEERS))
     assert {v.split()[0] for v in variants} == set(PEERS)
     for variant in variants:
-        grid = default_grid(variant)
-        beyond = {c.alpha for point in grid for c in edge_neighbours(point, grid)}
-        for alpha in beyond | {grid[0].alpha}:
+        reach = default_grid(variant)
+        for _ in range(3):  # every point a round can add, from every edge of what the rounds before reached
+            reach += [c for point in reach for c in edge_neighbours(point, reach)]
+        for alpha in {c.alpha for c in reach}:
             spec = parse_variant(variant, model_name_or_path=DINOV2_SMALL_ALIAS)
             model, _ = build_model(spec if alpha is None else with_alpha(spec, alpha), labels)
             logits = model(pixel_values=torch.randn(1, 3, 56, 56), **pos_encoding_kwargs(model, 56)).logits

@@ -329,6 +329,7 @@ def test_validation_tabulates_what_validation_preferred(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| test accuracy" not in out and "| d | 56 | 5 | lora r=1 | 0.250 ± 0.635 |" in out
     assert "| pooled | lora r=1 | 2 | -0.400 ± 0.000 | 0 / 0 / 2 |" in out  # on test it would be +0.4
+    assert "| lora r=1 | 2 | (-, 0.001): 2 | 0 |" in out  # the points chosen, and how often on the grid's edge
     with pytest.raises(SystemExit, match="--validation: prints the results and frontier tables only"):
         tables.main([str(path), "--validation", "--verdict"])
     with pytest.raises(ValueError, match=r"metric='tset': expected one of \('test', 'validation'\)"):
