@@ -82,3 +82,19 @@ def tiny_backbone(tmp_path_factory) -> str:
     torch.manual_seed(0)
     ViTForImageClassification(tiny_vit_config()).save_pretrained(path)
     return str(path)
+
+
+def train_args(backbone, out, *extra) -> list[str]:
+    """`kadapt train` arguments for a short run of `backbone` (the tiny ViT) on the offline digits, into `out`."""
+    common = "--dataset_name digits --shots 10 --test_per_class 10 --resolution 32 --num_train_epochs 2 --kadapt_n 4"
+    return [
+        "train",
+        "--model_name_or_path",
+        backbone,
+        *common.split(),
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]

@@ -14,20 +14,7 @@ from peft_kadapt.training.cli import main as kadapt
 from peft_kadapt.training.methods import METHODS
 from peft_kadapt.training.run_image_classification import make_trainer, parse_args
 
-
-def train_args(backbone, out, *extra):
-    common = "--dataset_name digits --shots 10 --test_per_class 10 --resolution 32 --num_train_epochs 2 --kadapt_n 4"
-    return [
-        "train",
-        "--model_name_or_path",
-        backbone,
-        *common.split(),
-        "--output_dir",
-        str(out),
-        "--disable_tqdm",
-        "true",
-        *extra,
-    ]
+from conftest import train_args
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from peft_kadapt.training.cli import main as kadapt
 from peft_kadapt.training.data import few_shot, load_image_dataset
 from peft_kadapt.training.outputs import OutputDirError, claim_output_dir
 
-from conftest import make_vit
+from conftest import make_vit, train_args
 
 
 # --- fixtures that build the broken inputs --------------------------------------------------------------------------
@@ -242,13 +242,9 @@ def bench_unknown_variant_key(tmp, backbone):
     )
 
 
-TINY_TRAIN = "--dataset_name digits --shots 10 --test_per_class 10 --resolution 32 --num_train_epochs 2 --kadapt_n 4"
-
-
 def train_that_diverges(method: str, *extra: str):
     def mistake(tmp, backbone):
-        argv = ["train", "--model_name_or_path", backbone, *TINY_TRAIN.split(), "--method", method]
-        return kadapt([*argv, "--output_dir", str(tmp / "run"), "--disable_tqdm", "true", *extra])
+        return kadapt(train_args(backbone, tmp / "run", "--method", method, *extra))
 
     mistake.__name__ = f"train_that_diverges({method} {' '.join(extra)})"
     return mistake
