@@ -24,6 +24,7 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+import tables  # this folder's tables.py: the budget classes, their tolerance and the references the tables read
 import transformers
 
 from peft_kadapt.budget import propose_configs
@@ -34,21 +35,18 @@ from peft_kadapt.training.methods import canonical_variant
 
 
 QV = ("q_proj", "v_proj")
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
+ALL_LINEAR = tuple(tables.ALL_LINEAR.split("+"))
 RANKS = (1, 2, 4, 8, 16, 32, 64)
-REFERENCES = ("linear", "bitfit", "full")
 # KAdaptation variants name their parametrisation: the study's records before 2026-12-06 trained under what is now
 # "legacy" and carry names without it; they are read as "... parametrization=legacy ..." (RunRecord)
 PARAMETRIZATION = "parametrization=lora_matched"
 DEFAULT = f"kadaptation n=8 r=1 {PARAMETRIZATION} targets=q_proj+v_proj"  # the package's default, always included
-TOLERANCE = 1.1  # "about" a budget: up to 10 % over it
 # The study's few-shot splits in the order frontier_queue.sh runs them: seed-major, so that a partial study is balanced
 DESIGN_SEEDS, DESIGN_DATASETS, DESIGN_SHOTS = (
     (0, 1, 2, 3, 4),
     ("mnist5k", "textiles", "fashion_mnist", "digits"),
     (5, 20),
 )
-DESIGN_BUDGETS = (20_000, 80_000, 150_000)  # adapter parameters, head excluded
 # The references' learning-rate grids since the study began (the method table's until 2026-11-29, when its grids moved
 # to centre on what validation chose): pinned, so every split of the study runs the same protocol. `--grid` overrides.
 REFERENCE_GRIDS = {"linear": "1e-3,3e-3,1e-2", "bitfit": "1e-3,3e-3,1e-2", "full": "1e-5,3e-5,1e-4"}
@@ -111,7 +109,7 @@ def peer_variants(budgets: list[int], model_name_or_path: str, labels: list[str]
                     continue
             order = list(counts)  # PEER_SIZES' order: smallest, then least expressive, first
             for budget in budgets:
-                fitting = {v: c for v, c in counts.items() if c <= TOLERANCE * budget}
+                fitting = {v: c for v, c in counts.items() if c <= tables.TOLERANCE * budget}
                 if fitting:  # the most parameters that fit; among equal counts the later size (TinyLoRA's r leaves
                     # its count alone but sets the rank of its r × r core: r = 1 trains one direction per layer)
                     best = max(fitting, key=lambda v: (fitting[v], order.index(v)))
@@ -130,13 +128,13 @@ def budget_variants(budgets: list[int], model_name_or_path: str, labels: list[st
                 r: adapter_parameters(f"{family} r={r} targets={joined}", model_name_or_path, labels) for r in RANKS
             }
             for budget in budgets:
-                fitting = [r for r, c in counts.items() if c <= TOLERANCE * budget]
+                fitting = [r for r, c in counts.items() if c <= tables.TOLERANCE * budget]
                 if fitting:  # the most parameters that fit; the lower rank among equal counts (LoKr saturates)
                     r = min(fitting, key=lambda r: (-counts[r], r))
                     out[f"{family} r={r} targets={joined}"] = counts[r]
         for budget in budgets:
             try:
-                (setting, report), *_ = propose_configs(base, int(TOLERANCE * budget), list(targets), top=1)
+                (setting, report), *_ = propose_configs(base, int(tables.TOLERANCE * budget), list(targets), top=1)
             except ValueError:  # below the smallest KAdaptation on these layers
                 continue
             rank = f" slow_rank={setting['slow_rank']}" if setting["slow_rank"] else ""
@@ -255,7 +253,7 @@ def print_progress(variants: list[str], records_path: str) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budgets", default=",".join(map(str, DESIGN_BUDGETS)))
+    p.add_argument("--budgets", default=",".join(map(str, tables.BUDGETS)))
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument("--list", action="store_true", help="print the variants and their adapter parameters, and stop")
     p.add_argument("--vit_b", action="store_true", help="with --list: also each variant's count on ViT-B/16")
@@ -292,7 +290,7 @@ def main(argv=None) -> None:
     variants.setdefault(DEFAULT, adapter_parameters(DEFAULT, args.model_name_or_path, labels))
     peers = [p for p in PEER_SIZES if only and p in only]  # the peers run only when named (issue 29's study)
     variants.update(peer_variants(budgets, args.model_name_or_path, labels, peers))
-    references = list(REFERENCES)
+    references = list(tables.REFERENCES)
     if only:
         variants = {v: c for v, c in variants.items() if v.split()[0] in only}
         references = [r for r in references if r in only]

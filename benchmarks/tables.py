@@ -42,9 +42,9 @@ from peft_kadapt.training.bench.report import (
 )
 
 
-BUDGETS = (20_000, 80_000, 150_000)
+BUDGETS = (20_000, 80_000, 150_000)  # adapter parameters, head excluded
 REFERENCES = ("linear", "bitfit", "full")  # methods without adapter: reported as references, in no budget class
-TOLERANCE = 1.1
+TOLERANCE = 1.1  # "about" a budget: up to 10 % over it
 PEERS = ("lora", "lokr")
 FIRST = ("kadaptation", "lora", "lokr")  # the plot's first colours, as in the study's earlier plots
 LORA_R8 = "lora r=8 targets=q_proj+v_proj"  # the study's accuracy reference for the "quarter of LoRA" target

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from peft_kadapt.training.bench.protocol import RunRecord, default_grid, edge_ne
 from peft_kadapt.training.methods import PEERS
 
 
-spec = importlib.util.spec_from_file_location("frontier", Path(__file__).parents[1] / "benchmarks" / "frontier.py")
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # frontier.py imports its folder's tables.py, as it does when run as a script
+spec = importlib.util.spec_from_file_location("frontier", BENCHMARKS / "frontier.py")
 frontier = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(frontier)
 
@@ -116,7 +119,7 @@ def test_every_peer_variant_of_the_study_trains_a_step_at_the_edges_of_its_scale
     # what the study's edge extension (frontier_queue.sh: 3 rounds) can ask of each peer on the real ViT-S: LoHa at
     # alpha 0.25 (a fraction in a field PEFT hints as int) once killed a split mid-way
     labels = [str(i) for i in range(10)]
-    variants = frontier.peer_variants(list(frontier.DESIGN_BUDGETS), DINOV2_SMALL_ALIAS, labels, list(PEERS))
+    variants = frontier.peer_variants(list(frontier.tables.BUDGETS), DINOV2_SMALL_ALIAS, labels, list(PEERS))
     assert {v.split()[0] for v in variants} == set(PEERS)
     for variant in variants:
         reach = default_grid(variant)
