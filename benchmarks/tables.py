@@ -25,6 +25,7 @@ where the records have more than one k, on each k alone. `--exclude parametrizat
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -190,9 +191,10 @@ def targets(records: list[RunRecord], rows: list[dict], fields: list[dict], budg
     for row in first:
         low = row["difference"] - row["interval"]
         met = "met" if low >= 0 else "not met"
+        said = "one split: no interval" if math.isnan(low) else f"lower end {low:+.3f}"
         lines.append(
             f"- ~{smallest // 1000}k, {row['variant']} ≥ {row['peer']} (pooled paired 95 % CI excludes a loss: lower "
-            f"end ≥ 0): {met} (lower end {low:+.3f})."
+            f"end ≥ 0): {met} ({said})."
         )
     if not first:
         lines.append(f"- ~{smallest // 1000}k: no KAdaptation and peer pair with shared splits yet.")

@@ -134,6 +134,20 @@ def test_verdict_checks_the_targets_on_each_k_alone_too(tmp_path, capsys):
     assert "each k's splits alone" not in capsys.readouterr().out  # one k: the targets above are already its own
 
 
+def test_verdict_says_a_single_split_has_no_interval(tmp_path, capsys):
+    qv = "targets=q_proj+v_proj"
+    records = [record(f"lora r=1 {qv}", 0, 0.5, 18_432), record(f"kadaptation n=8 r=1 {qv}", 0, 0.6, 19_456)]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    tables.main([str(path), "--verdict"])
+    out = capsys.readouterr().out
+    assert (
+        f"≥ lora r=1 {qv} (pooled paired 95 % CI excludes a loss: lower end ≥ 0): not met (one split: no interval)."
+        in out
+    )
+    assert "nan" not in out
+
+
 def test_verdict_checks_all_linear_kadaptation_against_its_q_v_variants_and_lora_r1():
     al, qv, lm = "targets=q_proj+k_proj+v_proj+o_proj+fc1+fc2", "targets=q_proj+v_proj", "parametrization=lora_matched"
     records = []
