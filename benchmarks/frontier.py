@@ -92,6 +92,12 @@ PEER_SIZES = {
     "tinylora": [f"r={r} u={u}" for r in (1, 2, 4) for u in (16, 64, 256)],
     "c3a": [f"block_size={b}" for b in (384, 192, 128, 96, 64, 48, 32, 24, 16)],
 }
+# Options a peer takes on all six linear layers only. FourierFT starts from a Gaussian spectrum (its default, as in its
+# paper, whose ViTs adapt q/v), which `scaling` multiplies into every adapted weight before the first step: on all six
+# layers that start collapsed it (validation accuracy 0.25-0.66 on MNIST 5k, seed 0, at or far below the linear probe,
+# the lowest scale after three rounds of extension still the best), and from zeros (`init_weights=True`) it trained
+# (0.575 at k = 5, 0.76 at k = 20; docs/benchmarks.md, benchmarks/results/fourierft_zero_init.jsonl).
+PEER_ALL_LINEAR_OPTIONS = {"fourierft": "init_weights=True"}
 
 
 def peer_variants(budgets: list[int], model_name_or_path: str, labels: list[str], peers) -> dict[str, int]:
@@ -101,8 +107,9 @@ def peer_variants(budgets: list[int], model_name_or_path: str, labels: list[str]
         joined = "+".join(targets)
         for peer in peers:
             counts = {}
+            options = PEER_ALL_LINEAR_OPTIONS.get(peer) if targets == ALL_LINEAR else None
             for size in PEER_SIZES[peer]:
-                variant = " ".join(filter(None, (peer, size, f"targets={joined}")))
+                variant = " ".join(filter(None, (peer, size, options, f"targets={joined}")))
                 try:
                     counts[variant] = adapter_parameters(variant, model_name_or_path, labels)
                 except (ValueError, RuntimeError, TypeError):  # a size this model's shapes cannot take
