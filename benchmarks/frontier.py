@@ -92,12 +92,12 @@ PEER_SIZES = {
     "tinylora": [f"r={r} u={u}" for r in (1, 2, 4) for u in (16, 64, 256)],
     "c3a": [f"block_size={b}" for b in (384, 192, 128, 96, 64, 48, 32, 24, 16)],
 }
-# Options a peer takes on all six linear layers only. FourierFT starts from a Gaussian spectrum (its default, as in its
-# paper, whose ViTs adapt q/v), which `scaling` multiplies into every adapted weight before the first step: on all six
-# layers that start collapsed it (validation accuracy 0.25-0.66 on MNIST 5k, seed 0, at or far below the linear probe,
-# the lowest scale after three rounds of extension still the best), and from zeros (`init_weights=True`) it trained
-# (0.575 at k = 5, 0.76 at k = 20; docs/benchmarks.md, benchmarks/results/fourierft_zero_init.jsonl).
-PEER_ALL_LINEAR_OPTIONS = {"fourierft": "init_weights=True"}
+# Config fields a peer's variants set beyond their size. FourierFT starts from zeros (`init_weights=True`), not from its
+# default Gaussian spectrum (its paper's), which `scaling` multiplies into every adapted weight before the first step:
+# on MNIST 5k seed 0 that start collapsed it on all six linear layers (validation accuracy 0.25-0.66 after three rounds
+# of extension, against 0.575 and 0.76 from zeros), and on q/v the zero start tied or won (0.63 against 0.64, 0.83
+# against 0.775; Fashion-MNIST 0.72 against the pilot's 0.70): docs/benchmarks.md, fourierft_zero_init.jsonl.
+PEER_OPTIONS = {"fourierft": "init_weights=True"}
 
 
 def peer_variants(budgets: list[int], model_name_or_path: str, labels: list[str], peers) -> dict[str, int]:
@@ -107,9 +107,8 @@ def peer_variants(budgets: list[int], model_name_or_path: str, labels: list[str]
         joined = "+".join(targets)
         for peer in peers:
             counts = {}
-            options = PEER_ALL_LINEAR_OPTIONS.get(peer) if targets == ALL_LINEAR else None
             for size in PEER_SIZES[peer]:
-                variant = " ".join(filter(None, (peer, size, options, f"targets={joined}")))
+                variant = " ".join(filter(None, (peer, size, PEER_OPTIONS.get(peer), f"targets={joined}")))
                 try:
                     counts[variant] = adapter_parameters(variant, model_name_or_path, labels)
                 except (ValueError, RuntimeError, TypeError):  # a size this model's shapes cannot take
