@@ -275,10 +275,11 @@ PEERS = {
     "c3a": (peft.C3AConfig, "C3A circulant kernels and the head", 3e-1, (1e-1, 3e-1, 1.0)),
 }  # fmt: skip
 # The peers whose documentation says to tune a scale: its config field and the values `kadapt bench` searches with the
-# learning rates (FourierFT: PEFT's default 150 and half of it: it also scales FourierFT's random initial spectrum,
-# and the pilot found 300, PEFT's advice for ViTs trained for epochs, far below both in 50 steps; LoHa: the alphas the
-# frontier study searches for LoRA; Lily: a decade either side of the 1.0 its documentation starts from). A variant
-# that writes the field (`fourierft scaling=300`) trains at that value only.
+# learning rates (FourierFT: PEFT's default 150 and half of it: it also scales FourierFT's default random initial
+# spectrum, which the frontier study replaces by zeros, `init_weights=True`, and the pilot found 300, PEFT's advice for
+# ViTs trained for epochs, far below both in 50 steps; LoHa: the alphas the frontier study searches for LoRA; Lily: a
+# decade either side of the 1.0 its documentation starts from). A variant that writes the field (`fourierft
+# scaling=300`) trains at that value only.
 PEER_SCALES = {
     "fourierft": ("scaling", (75.0, 150.0)),
     "loha": ("alpha", (1.0, 4.0, 16.0)),
