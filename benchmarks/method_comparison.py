@@ -186,7 +186,7 @@ def main(argv=None) -> list[Path]:
         action="append",
         default=[],
         metavar="TEXT",
-        help="leave out the variants whose name contains TEXT (repeatable)",
+        help="leave out the variants whose name contains TEXT as whole words (as tables.py --exclude; repeatable)",
     )
     args = p.parse_args(argv)
     records = [r for path in args.records for r in read_records(Path(path))]

@@ -532,7 +532,8 @@ def main(argv=None) -> None:
         action="append",
         default=[],
         metavar="TEXT",
-        help="leave out the variants whose name contains TEXT, e.g. --exclude parametrization=legacy (repeatable)",
+        help="leave out the variants whose name contains TEXT as whole words, e.g. --exclude parametrization=legacy; "
+        "--exclude vera leaves PVeRA in, --exclude lora VB-LoRA and TinyLoRA (repeatable)",
     )
     p.add_argument(
         "--shots",

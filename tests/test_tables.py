@@ -231,6 +231,23 @@ def test_exclude_leaves_variants_out_and_says_when_nothing_is_left(tmp_path, cap
         tables.main([str(path), "--exclude", "targets="])
 
 
+def test_exclude_matches_whole_words_so_a_method_name_spares_the_peers_that_contain_it(tmp_path, capsys):
+    qv = "targets=q_proj+v_proj"
+    names = [
+        "lora r=1",
+        "vblora r=2 num_vectors=128 vector_length=128",
+        "tinylora r=4 u=256",
+        "vera r=512",
+        "pvera r=256",
+    ]
+    records = [record(f"{name} {qv}", s, 0.5, 20_000) for name in names for s in (0, 1)]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    tables.main([str(path), "--exclude", "lora", "--exclude", "vera"])
+    rows = {line.split(" | ")[3] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert {name.split()[0] for name in names if f"{name} {qv}" in rows} == {"vblora", "tinylora", "pvera"}
+
+
 def test_chosen_point_on_the_grid_edge():
     grid = [{"learning_rate": lr, "alpha": a, "validation_accuracy": 0.5, "validation_loss": 1.0}
             for a in (1.0, 4.0) for lr in (1e-3, 3e-3, 1e-2)]  # fmt: skip

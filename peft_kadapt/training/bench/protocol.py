@@ -453,14 +453,22 @@ def superseding(records: list[RunRecord]) -> list[RunRecord]:
     return list(latest.values())
 
 
+def names(variant: str, text: str) -> bool:
+    """Whether `variant` contains `text` not as part of a longer word: `vera` names VeRA's variants but not PVeRA's,
+    `lora` not VB-LoRA's or TinyLoRA's; `parametrization=legacy` and `targets=` match as they read."""
+    before = r"(?<!\w)" if re.match(r"\w", text) else ""
+    after = r"(?!\w)" if re.search(r"\w$", text) else ""
+    return re.search(before + re.escape(text) + after, variant) is not None
+
+
 def study_cut(records: list[RunRecord], until: str | None = None, exclude=()) -> list[RunRecord]:
     """One record per run (`superseding`) of those finished at or before `until` (ISO time, read as UTC: a table of a
-    study that still appends records is recomputed as it was), without the variants whose name contains a text of
+    study that still appends records is recomputed as it was), without the variants that `names` a text of
     `exclude`."""
     if until:
         cut = datetime.fromisoformat(until).replace(tzinfo=timezone.utc)
         records = [r for r in records if datetime.fromisoformat(r.finished) <= cut]
-    return [r for r in superseding(records) if not any(text in r.variant for text in exclude)]
+    return [r for r in superseding(records) if not any(names(r.variant, text) for text in exclude)]
 
 
 def read_records(path: Path) -> list[RunRecord]:
