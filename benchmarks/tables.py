@@ -452,8 +452,18 @@ def frontier_panels(records: list[RunRecord], reference: str = LORA_R8) -> list[
     return rows
 
 
+def pareto_front(points: list[tuple]) -> set[str]:
+    """The variants of `points` ((variant, parameters, mean, half-width)) that no other point beats: none has as few
+    parameters or fewer and as high a mean or higher, with one of the two strictly."""
+    return {
+        v for v, n, m, _ in points if not any(n2 <= n and m2 >= m and (n2, m2) != (n, m) for _, n2, m2, _ in points)
+    }
+
+
 def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8) -> None:
-    """Draw `frontier_panels`: a row per k, a panel per dataset and a pooled panel per row."""
+    """Draw `frontier_panels`: a row per k, a panel per dataset and a pooled panel per row. Each method's sizes on the
+    same layers are joined by a line; only a panel's Pareto front is labelled (with a field of peers, labels on every
+    point covered each other)."""
     from matplotlib.ticker import NullFormatter
 
     from peft_kadapt.training.plotting import pyplot, save
@@ -478,6 +488,8 @@ def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8
         ax.set_xlim(*span)
         if panel.get("zero"):
             ax.axhline(0, color="grey", lw=0.8)
+        adapters_here = [p for p in panel["points"] if p[0].split()[0] not in REFERENCES]
+        front, lines = pareto_front(adapters_here), defaultdict(list)
         for variant, params, mean, half in panel["points"]:
             method = variant.split()[0]
             if method in REFERENCES:
@@ -486,8 +498,13 @@ def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8
                 continue
             ax.errorbar(params, mean, yerr=0 if half != half else half, fmt=markers["fc1" in variant],
                         color=colours[method], capsize=2, ms=4)  # fmt: skip
-            name = variant.split(" targets=")[0].replace(f" parametrization={DEFAULT_PARAMETRIZATION}", "")
-            ax.annotate(name + (" all" if "fc1" in variant else ""), (params, mean), fontsize=5)
+            lines[method, "fc1" in variant].append((params, mean))
+            if variant in front:
+                name = variant.split(" targets=")[0].replace(f" parametrization={DEFAULT_PARAMETRIZATION}", "")
+                ax.annotate(name + (" all" if "fc1" in variant else ""), (params, mean), fontsize=5)
+        for (method, all_six), xy in lines.items():
+            if len(xy) > 1:
+                ax.plot(*zip(*sorted(xy)), color=colours[method], lw=0.7, alpha=0.6, ls="--" if all_six else "-")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # a span under a decade would label every minor tick
         ax.grid(alpha=0.3)
@@ -495,7 +512,11 @@ def frontier_plot(records: list[RunRecord], path: Path, reference: str = LORA_R8
         ax.set_ylabel(panel["ylabel"], fontsize=7)
     handles = [plt.Line2D([], [], color=colours[m], marker="o", ls="", label=m) for m in adapters]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False)
-    fig.suptitle("circle: q/v, square: all linear layers; dotted: references (linear, bitfit, full)", fontsize=8)
+    fig.suptitle(
+        "circle and solid line: q/v; square and dashed line: all linear layers (a line joins one method's sizes); "
+        "labelled: each panel's Pareto front; dotted: references (linear, bitfit, full)",
+        fontsize=8,
+    )
     save(fig, path, rect=(0, 0.06, 1, 0.97))
 
 

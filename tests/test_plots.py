@@ -93,6 +93,31 @@ def test_frontier_plot_draws_every_adapter_as_points_in_colours_of_its_own(saved
     assert 0.3 in lines  # the linear probe: a reference line
 
 
+def test_frontier_plot_labels_only_each_panels_pareto_front(saved, tmp_path, monkeypatch):
+    import matplotlib.axes
+    import tables
+
+    labels = []
+    real_annotate = matplotlib.axes.Axes.annotate
+
+    def annotate(ax, text, xy, **kwargs):
+        labels.append(text)
+        return real_annotate(ax, text, xy, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", annotate)
+    records = long_records("d")  # 10k to 40k adapter parameters, each better than the smaller ones: all on the front
+    records += [record("vera r=512 targets=q_proj+v_proj", s, 0.505, 35_000) for s in (0, 1)]  # beaten by 30k at 0.52
+    tables.frontier_plot(records, tmp_path / "f.png", reference=LONG[1])
+    assert saved == [[]], saved
+    assert "lokr r=16 all" in labels and "kadaptation n=8 r=1" in labels
+    assert not any(label.startswith("vera") for label in labels)
+    assert tables.pareto_front([("a", 1, 0.5, 0), ("b", 2, 0.5, 0), ("c", 2, 0.6, 0), ("d", 1, 0.5, 0)]) == {
+        "a",
+        "c",
+        "d",
+    }
+
+
 def test_frontier_and_stability_plots(saved, tmp_path):
     import stability_maps
     import tables
