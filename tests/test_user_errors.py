@@ -414,6 +414,25 @@ def test_a_run_that_diverges_stops_before_its_next_checkpoint_and_writes_no_resu
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.slow
+def test_every_process_stops_when_one_shard_diverges(tmp_path):
+    # FSDP2 on 2 CPU processes: only rank 1's shard holds NaN; without agreeing, rank 0 would go on alone
+    script = Path(__file__).with_name("diverged_rank.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    done = subprocess.run(
+        [*command, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert all(s.startswith("Training diverged: after step 3") for s in said), said
+    assert "trainable tensors of another process hold NaN" in said[0]
+    assert "1 trainable tensors hold NaN or infinite values (first: ['0.weight'])" in said[1]
+
+
 def test_overwrite_removes_what_the_earlier_run_wrote_and_nothing_else(tmp_path):
     (tmp_path / "my_notes.txt").write_text("keep")
     with claim_output_dir(tmp_path, run={"method": "lora"}):

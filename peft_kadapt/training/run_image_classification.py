@@ -329,6 +329,16 @@ def scale_flag(method: str) -> str | None:
     return f"--{field_name}" if METHODS[method].options_class is None else f"--peft_options {field_name}=..."
 
 
+def most_over_processes(count: int, device) -> int:
+    """`count`, or its largest value over the processes of a distributed run (FSDP shards the weights, so a NaN can
+    sit in one rank's shard only)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return count
+    value = torch.tensor([count], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return int(value.item())
+
+
 class StopWhenDiverged(TrainerCallback):
     """Stops the run with an error that names `--learning_rate` as soon as a trainable tensor holds NaN or inf:
     checked before every log, evaluation and checkpoint and at the last step, so no checkpoint of a diverged model is
@@ -342,7 +352,7 @@ class StopWhenDiverged(TrainerCallback):
         due = control.should_log or control.should_evaluate or control.should_save
         if model is not None and (due or state.global_step >= state.max_steps):
             broken = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-            if broken:
+            if most_over_processes(len(broken), args.device):  # each rank checks its shard; all stop together
                 raise ValueError(self.message(args, state, broken))
 
     on_epoch_end = on_step_end  # the epoch strategies (this program's defaults) set their flags here
@@ -354,10 +364,12 @@ class StopWhenDiverged(TrainerCallback):
         scale = f" or the adapter's scale ({self.scale_flag})" if self.scale_flag else ""
         last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         kept = f"its last checkpoint, {last}, is from before the divergence" if last else "no checkpoint was written"
+        what = f"{len(broken)} trainable tensors hold" if broken else "trainable tensors of another process hold"
+        first = f" (first: {broken[:3]})" if broken else ""
         return (
-            f"Training diverged: after step {state.global_step} (epoch {state.epoch or 0:.3g}) {len(broken)} "
-            f"trainable tensors hold NaN or infinite values (first: {broken[:3]}). Lower the learning rate ({rates})"
-            f"{scale} and train again; no metrics or adapter of this run were written, and {kept}."
+            f"Training diverged: after step {state.global_step} (epoch {state.epoch or 0:.3g}) {what} NaN or infinite "
+            f"values{first}. Lower the learning rate ({rates}){scale} and train again; no metrics or adapter of this "
+            f"run were written, and {kept}."
         )
 
 

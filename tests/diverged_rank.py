@@ -1,0 +1,39 @@
+"""Run by tests/test_user_errors.py under `torch.distributed.run --nproc_per_node 2` (gloo, CPU): a two-layer model
+sharded by FSDP2 (`fully_shard`), rank 1's shard of one weight set to NaN, then `kadapt train`'s divergence check.
+Each rank writes what it raised to OUT/rank{rank}.txt."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+from peft_kadapt.training.run_image_classification import StopWhenDiverged
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    fully_shard(model)
+    if rank == 1:
+        with torch.no_grad():
+            model[0].weight.to_local().fill_(float("nan"))
+    args = SimpleNamespace(device=torch.device("cpu"), learning_rate=1.0, output_dir=str(Path(out) / "run"))
+    state = SimpleNamespace(global_step=3, max_steps=10, epoch=1.0)
+    control = SimpleNamespace(should_log=True, should_evaluate=False, should_save=False)
+    try:
+        StopWhenDiverged().on_step_end(args, state, control, model=model)
+        said = "no error"
+    except ValueError as error:
+        said = str(error)
+    (Path(out) / f"rank{rank}.txt").write_text(said)
+    dist.barrier()  # neither rank tears gloo down while the other still uses it (an abort at exit otherwise)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
