@@ -1,6 +1,7 @@
 """`kadapt train` end to end on a tiny ViT and the offline digits: every method, outputs, selection, resume."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -139,6 +140,25 @@ def test_the_program_runs_as_a_module_and_bad_method(tiny_backbone, tmp_path, ca
         "--method must be one of kadaptation, lora, lokr, linear, bitfit, full, vera, pvera, fourierft, vblora, loha, "
         "ia3, oft, lily, tinylora, c3a, got 'adapter'" in capsys.readouterr().err
     )
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_one_run_with_gloo_and_are_refused_without_it(tiny_backbone, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(out, *extra):
+        module = ["peft_kadapt.training.cli", *train_args(tiny_backbone, out, "--method", "lora", *extra)]
+        return subprocess.run([*torchrun, *module], capture_output=True, text=True, timeout=300, env=env)
+
+    refused = launch(tmp_path / "alone")
+    assert refused.returncode != 0
+    assert "started as 2 processes (WORLD_SIZE=2), but the Trainer joins none" in refused.stderr
+    assert "--ddp_backend gloo" in refused.stderr and not (tmp_path / "alone" / "metrics.json").exists()
+    done = launch(tmp_path / "joined", "--ddp_backend", "gloo")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "joined" / "metrics.json").read_text())
+    assert metrics["method"] == "lora" and (tmp_path / "joined" / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -212,12 +213,25 @@ def main(argv: list[str] | None = None) -> dict:
     # One run per output directory: an earlier run's files are refused unless --overwrite_output_dir, files this
     # program did not write are never replaced, a resumed run must be the folder's own, and a second run started into
     # the same directory fails at once.
+    check_launch(training_args)
     check_folders(model_args, training_args)
     resuming = training_args.resume_from_checkpoint is not None
     run = {"command": "kadapt train", "method": model_args.method}
     claim = claim_output_dir(training_args.output_dir, training_args.overwrite_output_dir, resuming, run)
     with claim if training_args.process_index == 0 else contextlib.nullcontext():
         return train_and_test(model_args, data_args, training_args)
+
+
+def check_launch(training_args) -> None:
+    """Refuse a launch of several processes (e.g. torchrun) that the Trainer would not join: on CPU it
+    joins them only with --ddp_backend, and without it each process would train the whole run alone."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size == 1:
+        raise ValueError(
+            f"kadapt train was started as {launched} processes (WORLD_SIZE={launched}), but the Trainer joins none of "
+            "them: each would train the whole run alone into the same --output_dir. On CPU, pass --ddp_backend gloo; "
+            "or start one process."
+        )
 
 
 def check_folders(model_args, training_args) -> None:
