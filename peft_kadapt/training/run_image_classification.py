@@ -210,10 +210,10 @@ def file_to_argv(parser, path: str) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
     setup_logging()
+    check_launch(training_args)
     # One run per output directory: an earlier run's files are refused unless --overwrite_output_dir, files this
     # program did not write are never replaced, a resumed run must be the folder's own, and a second run started into
     # the same directory fails at once.
-    check_launch(training_args)
     check_folders(model_args, training_args)
     resuming = training_args.resume_from_checkpoint is not None
     run = {"command": "kadapt train", "method": model_args.method}
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def check_launch(training_args) -> None:
-    """Refuse a launch of several processes (e.g. torchrun) that the Trainer would not join: on CPU it
-    joins them only with --ddp_backend, and without it each process would train the whole run alone."""
+    """Refuse a launch of several processes (e.g. torchrun) that the Trainer would not join: on CPU it joins them only
+    with --ddp_backend, and without it each process would train the whole run alone."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and training_args.world_size == 1:
         raise ValueError(
