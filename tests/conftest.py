@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 
 # the default test run never touches the network
@@ -98,3 +100,12 @@ def train_args(backbone, out, *extra) -> list[str]:
         "true",
         *extra,
     ]
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def run_two_processes(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`args` under torchrun as two CPU processes of one thread each; the finished launch, its output captured."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=timeout, env=env)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import ViTForImageClassification, ViTImageProcessor
 
-from conftest import tiny_vit_config
+from conftest import TORCHRUN, tiny_vit_config
 
 
 ROOT = Path(__file__).parents[1]
@@ -195,7 +195,7 @@ def test_trainer_example_trains_evaluates_and_saves(image_folder, backbone, tmp_
 
 
 LAUNCHERS = {
-    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "torchrun": TORCHRUN,
     # accelerate launch sends --cpu runs to its one-process launcher; --multi_gpu takes the torchrun-based one, and
     # the script's --cpu then gives two CPU processes over gloo
     "accelerate launch": [

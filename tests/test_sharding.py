@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TORCHRUN
+
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("sharded_training.py")
@@ -47,7 +49,7 @@ def run(engine: str, targets: str, base: str, out: Path, method: str = "kadaptat
     if engine == "none":
         command = [sys.executable, *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+        command = [*TORCHRUN, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

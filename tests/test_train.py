@@ -1,7 +1,6 @@
 """`kadapt train` end to end on a tiny ViT and the offline digits: every method, outputs, selection, resume."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from peft_kadapt.training.cli import main as kadapt
 from peft_kadapt.training.methods import METHODS
 from peft_kadapt.training.run_image_classification import make_trainer, parse_args
 
-from conftest import train_args
+from conftest import run_two_processes, train_args
 
 
 @pytest.mark.slow
@@ -144,12 +143,10 @@ def test_the_program_runs_as_a_module_and_bad_method(tiny_backbone, tmp_path, ca
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_one_run_with_gloo_and_are_refused_without_it(tiny_backbone, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
     def launch(out, *extra):
-        module = ["peft_kadapt.training.cli", *train_args(tiny_backbone, out, "--method", "lora", *extra)]
-        return subprocess.run([*torchrun, *module], capture_output=True, text=True, timeout=300, env=env)
+        return run_two_processes(
+            "-m", "peft_kadapt.training.cli", *train_args(tiny_backbone, out, "--method", "lora", *extra)
+        )
 
     refused = launch(tmp_path / "alone")
     assert refused.returncode != 0

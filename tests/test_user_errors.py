@@ -22,7 +22,7 @@ from peft_kadapt.training.cli import main as kadapt
 from peft_kadapt.training.data import few_shot, load_image_dataset
 from peft_kadapt.training.outputs import OutputDirError, claim_output_dir
 
-from conftest import make_vit, train_args
+from conftest import make_vit, run_two_processes, train_args
 
 
 # --- fixtures that build the broken inputs --------------------------------------------------------------------------
@@ -417,15 +417,7 @@ def test_a_run_that_diverges_stops_before_its_next_checkpoint_and_writes_no_resu
 @pytest.mark.slow
 def test_every_process_stops_when_one_shard_diverges(tmp_path):
     # FSDP2 on 2 CPU processes: only rank 1's shard holds NaN; without agreeing, rank 0 would go on alone
-    script = Path(__file__).with_name("diverged_rank.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    done = subprocess.run(
-        [*command, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    done = run_two_processes(str(Path(__file__).with_name("diverged_rank.py")), str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     said = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
     assert all(s.startswith("Training diverged: after step 3") for s in said), said
