@@ -271,6 +271,7 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     torch.save(result, os.path.join(args.out, f"rank{rank}.pt"))
     if distributed:
+        dist.barrier()  # neither rank tears gloo down while the other still uses it (an abort at exit otherwise)
         dist.destroy_process_group()
 
 
