@@ -365,7 +365,9 @@ class StopWhenDiverged(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         due = control.should_log or control.should_evaluate or control.should_save
         if model is not None and (due or state.global_step >= state.max_steps):
-            broken = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+            # ZeRO-3 keeps a rank's shard in `ds_tensor` (the parameter itself is empty outside forward and backward)
+            local = [(n, getattr(p, "ds_tensor", p)) for n, p in model.named_parameters() if p.requires_grad]
+            broken = [n for n, values in local if not torch.isfinite(values).all()]
             if most_over_processes(len(broken), args.device):  # each rank checks its shard; all stop together
                 raise ValueError(self.message(args, state, broken))
 
