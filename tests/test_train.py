@@ -142,20 +142,29 @@ def test_the_program_runs_as_a_module_and_bad_method(tiny_backbone, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_one_run_with_gloo_and_are_refused_without_it(tiny_backbone, tmp_path):
+def test_two_cpu_processes_train_as_one_process_with_use_cpu_and_are_refused_without_it(tiny_backbone, tmp_path):
     def launch(out, *extra):
         return run_two_processes(
             "-m", "peft_kadapt.training.cli", *train_args(tiny_backbone, out, "--method", "lora", *extra)
         )
 
-    refused = launch(tmp_path / "alone")
-    assert refused.returncode != 0
-    assert "started as 2 processes (WORLD_SIZE=2), but the Trainer joins none" in refused.stderr
-    assert "--ddp_backend gloo" in refused.stderr and not (tmp_path / "alone" / "metrics.json").exists()
-    done = launch(tmp_path / "joined", "--ddp_backend", "gloo")
+    # gloo alone joined the processes and split the batches, but nothing averaged the gradients
+    for name, extra in {"alone": [], "gloo": ["--ddp_backend", "gloo"]}.items():
+        refused = launch(tmp_path / name, *extra)
+        assert refused.returncode != 0
+        assert "started as 2 processes (WORLD_SIZE=2), but the Trainer does not run them as one" in refused.stderr
+        assert "--use_cpu true" in refused.stderr and not (tmp_path / name / "metrics.json").exists()
+    # 2 processes of 8 images a step are one process of 16: the same batches, the gradients averaged
+    done = launch(tmp_path / "two", "--use_cpu", "true", "--per_device_train_batch_size", "8")
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "joined" / "metrics.json").read_text())
-    assert metrics["method"] == "lora" and (tmp_path / "joined" / "adapter_model.safetensors").exists()
+    assert (
+        kadapt(train_args(tiny_backbone, tmp_path / "one", "--method", "lora", "--per_device_train_batch_size", "16"))
+        == 0
+    )
+    two, one = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("two", "one"))
+    assert two.keys() == one.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ import torch
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.training_args import ParallelMode
 
 from peft_kadapt.hub import write_model_card
 from peft_kadapt.training import (
@@ -223,14 +224,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def check_launch(training_args) -> None:
-    """Refuse a launch of several processes (e.g. torchrun) that the Trainer would not join: on CPU it joins them only
-    with --ddp_backend, and without it each process would train the whole run alone."""
+    """Refuse a launch of several processes (e.g. torchrun) that the Trainer would not train as one data-parallel run.
+    On a machine without a GPU, Accelerate joins them only with --use_cpu: without it each process trains alone, and
+    with --ddp_backend gloo alone each trains its own model on its share of the batches (nothing averages gradients)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and training_args.world_size == 1:
+    if launched > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
         raise ValueError(
-            f"kadapt train was started as {launched} processes (WORLD_SIZE={launched}), but the Trainer joins none of "
-            "them: each would train the whole run alone into the same --output_dir. On CPU, pass --ddp_backend gloo; "
-            "or start one process."
+            f"kadapt train was started as {launched} processes (WORLD_SIZE={launched}), but the Trainer does not run "
+            "them as one data-parallel run: no process would average its gradients with the others, and the run "
+            "would save one process's model. On a machine without a GPU, pass --use_cpu true (the processes then "
+            "join over gloo); or start one process."
         )
 
 
