@@ -168,6 +168,22 @@ def test_two_cpu_processes_train_as_one_process_with_use_cpu_and_are_refused_wit
 
 
 @pytest.mark.slow
+@pytest.mark.integrations  # DeepSpeed: `make test-integrations`
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the Trainer starts DeepSpeed")
+def test_deepspeed_on_cpu_processes_is_refused_before_anything_is_written(tiny_backbone, tmp_path):
+    config = tmp_path / "zero3.json"
+    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3}}))
+    # without --use_cpu the processes each took themselves for the only one; with it Accelerate left DeepSpeed out
+    for name, extra in {"gloo": ["--ddp_backend", "gloo"], "use_cpu": ["--use_cpu", "true"]}.items():
+        out = tmp_path / name
+        args = train_args(tiny_backbone, out, "--method", "kadaptation", "--deepspeed", str(config), *extra)
+        refused = run_two_processes("-m", "peft_kadapt.training.cli", *args)
+        assert refused.returncode != 0
+        assert "with --deepspeed, but the Trainer starts DeepSpeed's processes only on GPUs" in refused.stderr
+        assert "leave --deepspeed out and pass --use_cpu true" in refused.stderr and not out.exists()
+
+
+@pytest.mark.slow
 def test_val_pool_trains_on_every_shot(tiny_backbone, tmp_path):
     assert kadapt(train_args(tiny_backbone, tmp_path, "--method", "linear", "--val_pool", "3")) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())

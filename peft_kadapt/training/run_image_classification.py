@@ -226,14 +226,23 @@ def main(argv: list[str] | None = None) -> dict:
 def check_launch(training_args) -> None:
     """Refuse a launch of several processes (e.g. torchrun) that the Trainer would not train as one data-parallel run.
     On a machine without a GPU, Accelerate joins them only with --use_cpu: without it each process trains alone, and
-    with --ddp_backend gloo alone each trains its own model on its share of the batches (nothing averages gradients)."""
+    with --ddp_backend gloo alone each trains its own model on its share of the batches (nothing averages gradients).
+    DeepSpeed's processes it starts only on GPUs."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
+    if launched == 1:
+        return
+    joined = training_args.parallel_mode == ParallelMode.DISTRIBUTED and training_args.world_size == launched
+    started = f"kadapt train was started as {launched} processes (WORLD_SIZE={launched})"
+    if training_args.deepspeed and not (joined and training_args.distributed_state.distributed_type == "DEEPSPEED"):
         raise ValueError(
-            f"kadapt train was started as {launched} processes (WORLD_SIZE={launched}), but the Trainer does not run "
-            "them as one data-parallel run: no process would average its gradients with the others, and the run "
-            "would save one process's model. On a machine without a GPU, pass --use_cpu true (the processes then "
-            "join over gloo); or start one process."
+            f"{started} with --deepspeed, but the Trainer starts DeepSpeed's processes only on GPUs. On a machine "
+            "without a GPU, leave --deepspeed out and pass --use_cpu true for data parallelism over gloo."
+        )
+    if not joined:
+        raise ValueError(
+            f"{started}, but the Trainer does not run them as one data-parallel run: no process would average its "
+            "gradients with the others, and the run would save one process's model. On a machine without a GPU, pass "
+            "--use_cpu true (the processes then join over gloo); or start one process."
         )
 
 
