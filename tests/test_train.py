@@ -167,20 +167,31 @@ def test_two_cpu_processes_train_as_one_process_with_use_cpu_and_are_refused_wit
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def assert_engine_refused(backbone, out, *engine) -> None:
+    """Two CPU processes with `engine` (--fsdp or --deepspeed), with and without --use_cpu: refused before any file."""
+    # with --use_cpu Accelerate left the engine out (--fsdp gave DDP); without it each took itself for the only one
+    for name, extra in {"gloo": ["--ddp_backend", "gloo"], "use_cpu": ["--use_cpu", "true"]}.items():
+        args = train_args(backbone, out / name, "--method", "kadaptation", *engine, *extra)
+        refused = run_two_processes("-m", "peft_kadapt.training.cli", *args)
+        assert refused.returncode != 0
+        assert f"with {engine[0]}, but Accelerate runs FSDP and DeepSpeed only on GPUs" in refused.stderr
+        assert f"leave {engine[0]} out and pass --use_cpu true" in refused.stderr and not (out / name).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the Trainer starts FSDP")
+def test_fsdp_on_cpu_processes_is_refused_before_anything_is_written(tiny_backbone, tmp_path):
+    wrap = json.dumps({"transformer_layer_cls_to_wrap": ["ViTLayer"]})
+    assert_engine_refused(tiny_backbone, tmp_path, "--fsdp", "full_shard auto_wrap", "--fsdp_config", wrap)
+
+
 @pytest.mark.slow
 @pytest.mark.integrations  # DeepSpeed: `make test-integrations`
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the Trainer starts DeepSpeed")
 def test_deepspeed_on_cpu_processes_is_refused_before_anything_is_written(tiny_backbone, tmp_path):
     config = tmp_path / "zero3.json"
     config.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3}}))
-    # without --use_cpu the processes each took themselves for the only one; with it Accelerate left DeepSpeed out
-    for name, extra in {"gloo": ["--ddp_backend", "gloo"], "use_cpu": ["--use_cpu", "true"]}.items():
-        out = tmp_path / name
-        args = train_args(tiny_backbone, out, "--method", "kadaptation", "--deepspeed", str(config), *extra)
-        refused = run_two_processes("-m", "peft_kadapt.training.cli", *args)
-        assert refused.returncode != 0
-        assert "with --deepspeed, but the Trainer starts DeepSpeed's processes only on GPUs" in refused.stderr
-        assert "leave --deepspeed out and pass --use_cpu true" in refused.stderr and not out.exists()
+    assert_engine_refused(tiny_backbone, tmp_path, "--deepspeed", str(config))
 
 
 @pytest.mark.slow

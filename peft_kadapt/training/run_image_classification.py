@@ -227,16 +227,17 @@ def check_launch(training_args) -> None:
     """Refuse a launch of several processes (e.g. torchrun) that the Trainer would not train as one data-parallel run.
     On a machine without a GPU, Accelerate joins them only with --use_cpu: without it each process trains alone, and
     with --ddp_backend gloo alone each trains its own model on its share of the batches (nothing averages gradients).
-    DeepSpeed's processes it starts only on GPUs."""
+    FSDP and DeepSpeed it runs only on GPUs (on CPU, --fsdp gave plain data parallelism and --deepspeed failed)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched == 1:
         return
     joined = training_args.parallel_mode == ParallelMode.DISTRIBUTED and training_args.world_size == launched
     started = f"kadapt train was started as {launched} processes (WORLD_SIZE={launched})"
-    if training_args.deepspeed and not (joined and training_args.distributed_state.distributed_type == "DEEPSPEED"):
+    engine = "--deepspeed" if training_args.deepspeed else "--fsdp" if training_args.fsdp else None
+    if engine and not (joined and training_args.distributed_state.distributed_type not in ("NO", "MULTI_CPU")):
         raise ValueError(
-            f"{started} with --deepspeed, but the Trainer starts DeepSpeed's processes only on GPUs. On a machine "
-            "without a GPU, leave --deepspeed out and pass --use_cpu true for data parallelism over gloo."
+            f"{started} with {engine}, but Accelerate runs FSDP and DeepSpeed only on GPUs. On a machine without a "
+            f"GPU, leave {engine} out and pass --use_cpu true for data parallelism over gloo."
         )
     if not joined:
         raise ValueError(
