@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +166,11 @@ def test_two_cpu_processes_train_as_one_process_with_use_cpu_and_are_refused_wit
     assert two.keys() == one.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    # evaluation gathered over both processes: every image counted once, the same scores
+    two, one = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("two", "one"))
+    for key in ("test_images", "validation_images", "test_accuracy", "validation_accuracy"):
+        assert two[key] == one[key], key
+    assert Path(two["best_checkpoint"]).name == Path(one["best_checkpoint"]).name
 
 
 def assert_engine_refused(backbone, out, *engine) -> None:
