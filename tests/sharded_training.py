@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import sys
 
@@ -271,7 +272,11 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     torch.save(result, os.path.join(args.out, f"rank{rank}.pt"))
     if distributed:
-        dist.barrier()  # neither rank tears gloo down while the other still uses it (an abort at exit otherwise)
+        # free what holds the process group while Python runs, so nothing of it is left to the interpreter's exit,
+        # where a rare abort was seen ("terminate called without an active exception", in CI and here)
+        del model, peft_model, optimizer, tracker
+        gc.collect()
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
         dist.destroy_process_group()
 
 

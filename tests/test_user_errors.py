@@ -417,7 +417,7 @@ def test_a_run_that_diverges_stops_before_its_next_checkpoint_and_writes_no_resu
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "engine",
-    ["fsdp2", pytest.param("zero3", marks=pytest.mark.integrations)],  # DeepSpeed: `make test-integrations`
+    ["fsdp2", "fsdp1", pytest.param("zero3", marks=pytest.mark.integrations)],  # DeepSpeed: `make test-integrations`
 )
 def test_every_process_stops_when_one_shard_diverges(engine, tmp_path):
     # 2 CPU processes: only rank 1's shard holds NaN; without agreeing, rank 0 would go on alone (and under ZeRO-3
@@ -427,6 +427,7 @@ def test_every_process_stops_when_one_shard_diverges(engine, tmp_path):
     said = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
     assert all(s.startswith("Training diverged: after step 3") for s in said), said
     assert "trainable tensors of another process hold NaN" in said[0]
+    # named as in the model (without FSDP1's `_fsdp_wrapped_module.`)
     assert "1 trainable tensors hold NaN or infinite values (first: ['0.weight'])" in said[1]
 
 

@@ -366,6 +366,9 @@ def most_over_processes(count: int, device) -> int:
     return int(value.item())
 
 
+FSDP1_PREFIX = "_fsdp_wrapped_module."  # what FSDP1's wrappers add to parameter names
+
+
 class StopWhenDiverged(TrainerCallback):
     """Stops the run with an error that names `--learning_rate` as soon as a trainable tensor holds NaN or inf:
     checked before every log, evaluation and checkpoint and at the last step, so no checkpoint of a diverged model is
@@ -380,7 +383,7 @@ class StopWhenDiverged(TrainerCallback):
         if model is not None and (due or state.global_step >= state.max_steps):
             # ZeRO-3 keeps a rank's shard in `ds_tensor` (the parameter itself is empty outside forward and backward)
             local = [(n, getattr(p, "ds_tensor", p)) for n, p in model.named_parameters() if p.requires_grad]
-            broken = [n for n, values in local if not torch.isfinite(values).all()]
+            broken = [n.replace(FSDP1_PREFIX, "") for n, values in local if not torch.isfinite(values).all()]
             if most_over_processes(len(broken), args.device):  # each rank checks its shard; all stop together
                 raise ValueError(self.message(args, state, broken))
 
