@@ -1,6 +1,6 @@
 """Run by tests/test_user_errors.py under `torch.distributed.run --nproc_per_node 2` (gloo, CPU): a two-layer model
-sharded by FSDP2 (`fully_shard`), FSDP1 or DeepSpeed ZeRO-3, rank 1's shard of one weight set to NaN, then `kadapt train`'s
-divergence check. Each rank writes what it raised to OUT/rank{rank}.txt.
+sharded by FSDP2 (`fully_shard`), FSDP1 or DeepSpeed ZeRO-3, rank 1's shard of one weight set to NaN, then `kadapt
+train`'s divergence check. Each rank writes what it raised to OUT/rank{rank}.txt.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/diverged_rank.py OUT fsdp2|fsdp1|zero3"""
 
