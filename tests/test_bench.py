@@ -406,6 +406,55 @@ def test_extend_edges_tops_up_recorded_runs_on_validation_only(
     assert fits == [] and len(read_records(tmp_path / "out" / "records.jsonl")) == 2
 
 
+class Interrupted(Exception):
+    """Stands for the kill of a bench process."""
+
+
+@pytest.mark.parametrize("stop_at", ["second fit", "test"])
+def test_a_run_stopped_halfway_resumes_at_its_next_grid_point_and_records_the_same(
+    tiny_backbone, tmp_path, monkeypatch, stop_at
+):
+    """A run killed in its second grid point (or after its whole grid, before the test) trains only the points it
+    had not scored, and its record is the one an uninterrupted run writes; the kept points go with the record."""
+    import peft_kadapt.training.bench.protocol as protocol
+
+    args = ["--shots", "5", "--seeds", "0", "--workers", "1", "--methods", "lora r=2", "--speed_rounds", "0"]
+    args += ["--grid", "lora r=2=1e-3,1e-2,1e-1"]
+    kadapt(bench_args(tiny_backbone, tmp_path / "whole", *args))
+    (whole,) = read_records(tmp_path / "whole" / "records.jsonl")
+
+    fits = []
+    real_fit, real_evaluate = protocol.fit, protocol.evaluate
+
+    def fit(model, x, y, recipe, *a, **k):
+        fits.append(recipe.learning_rate)
+        if stop_at == "second fit" and len(fits) == 2:
+            raise Interrupted
+        return real_fit(model, x, y, recipe, *a, **k)
+
+    def evaluate(model, x, y, *a, **k):
+        if stop_at == "test" and len(y) == 70:  # the test split
+            raise Interrupted
+        return real_evaluate(model, x, y, *a, **k)
+
+    monkeypatch.setattr(protocol, "fit", fit)
+    monkeypatch.setattr(protocol, "evaluate", evaluate)
+    out = tmp_path / "stopped"
+    with pytest.raises(Interrupted):
+        kadapt(bench_args(tiny_backbone, out, *args))
+    assert not (out / "records.jsonl").exists() and len(list((out / "grid_points").iterdir())) == 1
+    monkeypatch.setattr(protocol, "evaluate", real_evaluate)
+    stop_at, scored = None, fits[:1] if len(fits) == 2 else fits[:]
+    fits.clear()
+    kadapt(bench_args(tiny_backbone, out, *args))
+    (resumed,) = read_records(out / "records.jsonl")
+    retrained = [whole.chosen_lr] if whole.chosen_lr in scored else []  # the chosen point trains again to be tested
+    assert fits == [lr for lr in (1e-3, 1e-2, 1e-1) if lr not in scored] + retrained
+    same = ("grid", "chosen_lr", "chosen_alpha", "validation_accuracy", "test_accuracy", "saved_bytes")
+    assert {f: getattr(resumed, f) for f in same} == {f: getattr(whole, f) for f in same}
+    assert list((out / "grid_points").iterdir()) == []
+
+
 def test_variants_parse_after_the_trainer_parser_has_read_model_arguments():
     from transformers import HfArgumentParser
 

@@ -31,8 +31,12 @@ def read_records(path: Path, record_type: type[T]) -> list[T]:
 
 def append_records(path: Path, records: list) -> None:
     """Append dataclass records, one JSON line each, flushed at once."""
+    append_lines(path, [json.dumps(asdict(record)) for record in records])
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append lines of text to `path` (its folder made when missing) in one write, flushed at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        for record in records:
-            f.write(json.dumps(asdict(record)) + "\n")
+        f.write("".join(line + "\n" for line in lines))
         f.flush()

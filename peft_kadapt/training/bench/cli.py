@@ -2,7 +2,8 @@
 
 Writes into --output_dir: records.jsonl (one record per split and variant, appended as each split finishes; a run
 started again with the same settings skips what is recorded, so it resumes), speed.json, results.md and pareto.png,
-all recomputed from the records.
+all recomputed from the records. grid_points/ keeps the grid points that runs not yet recorded have scored, so a run
+stopped halfway through its grid resumes at its next point; each run's file goes when its record is written.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .protocol import (
     check_split,
     default_grid,
     folder_fingerprint,
+    grid_points_path,
     job_key,
     normalised,
     pending,
@@ -57,6 +59,7 @@ from .report import pareto_plot, results_markdown
 
 logger = logging.getLogger(__name__)
 SPEED_REFERENCE = "lora r=8"
+GRID_POINTS = "grid_points"  # the folder in --output_dir that keeps the scored grid points of unrecorded runs
 DEFAULT_SUITE = (
     "kadaptation n=8",
     "kadaptation n=32",
@@ -249,7 +252,7 @@ def run_bench(args) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records_path = Path(args.records) if args.records else output_dir / "records.jsonl"
-    run_pending(args, jobs, variant_grids, settings, settings_of, records_path)
+    run_pending(args, jobs, variant_grids, settings, settings_of, records_path, output_dir / GRID_POINTS)
     wanted = {(d, str(k or f"full ({settings.full_shot_subset}/class)"), s) for d, k, s in jobs}
     records = [
         r
@@ -296,9 +299,10 @@ def check_inputs(model_name_or_path: str, resolution: dict, shots: list[int], se
             check_split(d, k, settings)
 
 
-def run_pending(args, jobs, variant_grids, settings, settings_of, records_path: Path) -> None:
+def run_pending(args, jobs, variant_grids, settings, settings_of, records_path: Path, grid_points: Path) -> None:
     """Run the (split, variant) pairs without a record, in worker processes when asked, appending each record as it
-    finishes (so a study stops and resumes anywhere); records with fewer extension rounds are topped up."""
+    finishes (so a study stops and resumes anywhere); records with fewer extension rounds are topped up. The folder
+    `grid_points` keeps the points of the runs in progress (a run stopped halfway resumes at its next grid point)."""
     existing = read_records(records_path)
     todo = pending(jobs, variant_grids, settings_of, {r.key for r in existing})
     topped_up = priors(existing, settings)
@@ -306,7 +310,9 @@ def run_pending(args, jobs, variant_grids, settings, settings_of, records_path: 
     logger.info(
         "%d of %d (split, variant) runs to do; records in %s", len(todo), len(jobs) * len(variant_grids), records_path
     )
-    calls = [(job, v, variant_grids[v], settings_of[job[0]], prior[job, v], args.device) for job, v in todo]
+    calls = [
+        (job, v, variant_grids[v], settings_of[job[0]], prior[job, v], args.device, grid_points) for job, v in todo
+    ]
     pool = None
     if args.workers > 1 and len(todo) > 1:
         threads = max(1, torch.get_num_threads() // args.workers)
@@ -319,6 +325,7 @@ def run_pending(args, jobs, variant_grids, settings, settings_of, records_path: 
     try:
         for r in tqdm(records, total=len(todo), desc="split × variant"):
             append_records(records_path, [r])
+            grid_points_path(grid_points, r.key).unlink(missing_ok=True)  # the record holds its points now
             logger.info(
                 "%s k=%s seed=%d %s: test %.4f (lr %g, alpha %s)",
                 *(r.dataset, r.shots, r.seed, r.variant, r.test_accuracy, r.chosen_lr, r.chosen_alpha),

@@ -16,10 +16,16 @@ with its learning rate), the neighbour one grid step further out is trained too,
 most `extend_edges` such rounds. Only validation decides; test still sees the chosen model once. A record made
 without extension can be topped up (`run_variant(prior=...)`): its grid's scores and test accuracy are reused, only
 the new points train, and the chosen model is tested only when the choice moves to a new point.
+
+Interruptions: every grid point scored is kept at once in a file of its own run (`grid_points_path`, in the bench's
+output folder) until the run's record is written, so a run stopped halfway resumes at its next grid point. When
+validation then chooses a point scored before the stop, that point trains again (the same seed, data order and
+steps give the same model) to be tested once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
@@ -36,6 +42,7 @@ from ..backbones import DINOV2_SMALL_ALIAS, image_normalization, pos_encoding_kw
 from ..data import few_shot, image_transform, load_image_dataset, to_tensors
 from ..engine import Recipe, evaluate, fit
 from ..methods import METHODS, build_model, canonical_variant, head_prefix, is_head, parse_variant, with_alpha
+from ..records import append_lines
 from ..records import read_records as read_typed_records
 
 
@@ -277,13 +284,35 @@ def edge_neighbours(chosen: Candidate, points: list[Candidate]) -> list[Candidat
     return [c for c in out if (c.learning_rate, c.alpha) not in tried]
 
 
+def grid_points_path(folder: Path, key: tuple) -> Path:
+    """The file in `folder` that keeps the scored grid points of the unfinished run whose record key is `key`."""
+    return Path(folder) / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.jsonl"
+
+
+def read_grid_points(path: Path | None) -> dict[tuple, dict]:
+    """The grid points an interrupted run scored, by (learning rate, alpha); a line the interruption cut short is
+    left out (that point trains again)."""
+    points = {}
+    if path is not None and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                point = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            points[point["learning_rate"], point["alpha"]] = point
+    return points
+
+
 class _GridSearch:
     """The points scored so far on validation, the best of them, and the model of the best one when it was trained
-    here (None when its score came from a prior record)."""
+    here (None when its score came from a prior record or from before an interruption). Each point trained here is
+    appended to `grid_points` (a file, or None) as soon as it is scored."""
 
-    def __init__(self, variant, settings: BenchSettings, labels, data, device: str, prior: RunRecord | None):
+    def __init__(self, variant, settings: BenchSettings, labels, data, device: str, prior, grid_points):
         self.variant, self.settings, self.labels, self.data, self.device = variant, settings, labels, data, device
+        self.grid_points, self.resumed = grid_points, read_grid_points(grid_points)
         self.known = {(g["learning_rate"], g["alpha"]): g for g in prior.grid} if prior else {}
+        self.known.update(self.resumed)
         self.points: list[Candidate] = []
         self.best: Candidate | None = None
         self.kept = None  # (model, is_peft, extra, seconds) of the best point, when trained here
@@ -297,12 +326,16 @@ class _GridSearch:
                 candidate.validation_accuracy = recorded["validation_accuracy"]
                 candidate.validation_loss = recorded["validation_loss"]
             else:
+                start = time.perf_counter()
                 model, is_peft, extra, seconds = _train(
                     self.variant, candidate, self.settings, self.labels, x_tr, y_tr, self.device
                 )
                 scores = evaluate(model, x_val, y_val, extra, bf16=self.settings.bf16)
                 candidate.validation_accuracy, candidate.validation_loss = scores.accuracy, scores.loss
                 trained = (model, is_peft, extra, seconds)
+                if self.grid_points is not None:
+                    point = {**asdict(candidate), "wall_seconds": round(time.perf_counter() - start, 2)}
+                    append_lines(self.grid_points, [json.dumps(point)])
             self.points.append(candidate)
             if self.best is None or validation_rank(candidate) > validation_rank(self.best):
                 self.best, self.kept = candidate, trained
@@ -317,12 +350,14 @@ def run_variant(
     split: tuple,
     prior: RunRecord | None = None,
     device: str = "cpu",
+    grid_points: Path | None = None,
 ) -> RunRecord:
     """Train every grid point, choose on validation (extending the grid at its edges when the settings ask), test the
     chosen model once (see the module doc). `prior`: the same run recorded with fewer extension rounds, whose scores
-    and test accuracy are reused. `device`: where to train and evaluate (not part of the record's identity)."""
+    and test accuracy are reused. `device`: where to train and evaluate (not part of the record's identity).
+    `grid_points`: the file that keeps the points scored so far, from which an interrupted run resumes."""
     start = time.perf_counter()
-    search = _GridSearch(variant, settings, labels, data, device, prior)
+    search = _GridSearch(variant, settings, labels, data, device, prior, grid_points)
     search.score(grid)
     for _ in range(settings.extend_edges):
         more = edge_neighbours(search.best, search.points)
@@ -330,22 +365,29 @@ def run_variant(
             break
         search.score(more)
     best, grid_dicts = search.best, [asdict(c) for c in search.points]
-    if search.kept is None:  # the prior record's choice stands: its test accuracy is reused, nothing is tested again
-        assert (best.learning_rate, best.alpha) == (prior.chosen_lr, prior.chosen_alpha), "prior record disagrees"
+    # the wall time of the whole run: this process, the prior record's, and the points scored before an interruption
+    earlier = (prior.wall_seconds if prior else 0.0) + sum(g["wall_seconds"] for g in search.resumed.values())
+    chosen = (best.learning_rate, best.alpha)
+    if search.kept is None and prior is not None and chosen == (prior.chosen_lr, prior.chosen_alpha):
+        # the prior record's choice stands: its test accuracy is reused, nothing is tested again
         return replace(
             prior,
             settings=asdict(settings),
             grid=grid_dicts,
-            wall_seconds=round(prior.wall_seconds + time.perf_counter() - start, 2),
+            wall_seconds=round(earlier + time.perf_counter() - start, 2),
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data
-    model, is_peft, extra, seconds = search.kept
     if settings.validation == "shots":  # retrain the chosen point on all k shots
         x_all, y_all = torch.cat([x_tr, x_val]), torch.cat([y_tr, y_val])
         model, is_peft, extra, seconds = _train(variant, best, settings, labels, x_all, y_all, device)
+    elif search.kept is not None:
+        model, is_peft, extra, seconds = search.kept
+    else:  # chosen among the points scored before an interruption: train it again (the same model) to test it
+        assert chosen in search.resumed, "the chosen point was neither trained here nor recorded"
+        model, is_peft, extra, seconds = _train(variant, best, settings, labels, x_tr, y_tr, device)
     test = evaluate(model, x_te, y_te, extra, bf16=settings.bf16)  # once, for the chosen model
-    wall = time.perf_counter() - start + (prior.wall_seconds if prior else 0.0)
+    wall = earlier + time.perf_counter() - start
     return _record(variant, split, settings, grid_dicts, best, test, len(y_te), model, is_peft, seconds, wall)
 
 
@@ -393,10 +435,13 @@ def run_job(
     settings: BenchSettings,
     prior: RunRecord | None = None,
     device: str = "cpu",
+    grid_points_dir: Path | None = None,
 ) -> RunRecord:
-    """One variant on one (dataset, k, seed) split (the split's tensors are cached per process)."""
+    """One variant on one (dataset, k, seed) split (the split's tensors are cached per process). `grid_points_dir`:
+    where the scored grid points of unfinished runs are kept (`grid_points_path`); None: not kept."""
     dataset, k, seed = job
     data, labels = split_tensors(dataset, k, seed, settings)
+    points = grid_points_path(grid_points_dir, job_key(job, variant, grid, settings)) if grid_points_dir else None
     return run_variant(
         variant,
         [replace(c) for c in grid],
@@ -406,6 +451,7 @@ def run_job(
         (dataset, shots_label(k, settings), seed),
         prior,
         device,
+        points,
     )
 
 
