@@ -12,6 +12,7 @@ The runs go through `kadapt bench` and append one record per (split, variant) to
 benchmarks/results/), so the study stops and resumes anywhere; `--list` prints the variants and their parameters.
 
     python benchmarks/frontier.py --list             # add --vit_b for the same variants' counts on ViT-B/16
+    python benchmarks/frontier.py --list --names --only vera,...,c3a > variants.txt   # then --variants_file variants.txt
     python benchmarks/frontier.py --speed 5 --only vera,...,c3a   # step time and memory against LoRA r=8
     python benchmarks/frontier.py --progress benchmarks/results/frontier.jsonl --only kadaptation   # how far
     python benchmarks/frontier.py --datasets mnist5k --shots 5,20 --seeds 0,1,2,3,4 \\
@@ -263,6 +264,12 @@ def main(argv=None) -> None:
     p.add_argument("--model_name_or_path", default=DINOV2_SMALL_ALIAS)
     p.add_argument("--list", action="store_true", help="print the variants and their adapter parameters, and stop")
     p.add_argument("--vit_b", action="store_true", help="with --list: also each variant's count on ViT-B/16")
+    p.add_argument("--names", action="store_true", help="with --list: only the variants' names, one per line")
+    p.add_argument(
+        "--variants_file",
+        help="the variants, one per line as `--list --names` prints them, instead of computing them from the budgets "
+        "(building every size of every method takes a minute or two: frontier_queue.sh computes them once)",
+    )
     p.add_argument(
         "--speed",
         type=int,
@@ -292,14 +299,24 @@ def main(argv=None) -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     labels = [str(i) for i in range(10)]  # parameter counts do not depend on the data beyond the head
     only = {m.strip() for m in args.only.split(",")} if args.only else None
-    variants = budget_variants(budgets, args.model_name_or_path, labels)
-    variants.setdefault(DEFAULT, adapter_parameters(DEFAULT, args.model_name_or_path, labels))
-    peers = [p for p in PEER_SIZES if only and p in only]  # the peers run only when named (issue 29's study)
-    variants.update(peer_variants(budgets, args.model_name_or_path, labels, peers))
+    if args.variants_file and args.list and not args.names:
+        p.error("--list with --variants_file: add --names (the file holds names, not parameter counts)")
+    if args.variants_file:
+        variants = dict.fromkeys(
+            line.strip() for line in Path(args.variants_file).read_text().splitlines() if line.strip()
+        )
+    else:
+        variants = budget_variants(budgets, args.model_name_or_path, labels)
+        variants.setdefault(DEFAULT, adapter_parameters(DEFAULT, args.model_name_or_path, labels))
+        peers = [p for p in PEER_SIZES if only and p in only]  # the peers run only when named (issue 29's study)
+        variants.update(peer_variants(budgets, args.model_name_or_path, labels, peers))
     references = list(tables.REFERENCES)
     if only:
         variants = {v: c for v, c in variants.items() if v.split()[0] in only}
         references = [r for r in references if r in only]
+    if args.list and args.names:
+        print("\n".join(variants))
+        return
     if args.list:
         base = vit_b_counts(list(variants), labels) if args.vit_b else {}
         print("| variant | adapter parameters |" + (" on ViT-B/16 |" if base else ""))

@@ -21,6 +21,10 @@ records=${RECORDS:-benchmarks/results/frontier.jsonl}
 logs=${LOGS:-outputs}
 mkdir -p "$logs"
 log="$logs/frontier_queue_$worker.log"
+# the variants, computed once (building every size of every method to count its parameters takes a minute or two,
+# which every split, also a recorded one, would spend again)
+variants="$logs/frontier_variants_$worker.txt"
+OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --list --names > "$variants"
 failed=()
 i=0
 for seed in ${SEEDS:-0 1 2 3 4}; do
@@ -30,7 +34,8 @@ for seed in ${SEEDS:-0 1 2 3 4}; do
       # every other split, shifted by one on every other dataset: on 2 workers each takes both k of every seed and
       # one textiles split (every N-th alone put each k on one worker, and k = 20 takes longer)
       if [ $(((i + d) % workers)) -eq "$worker" ]; then
-        OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --extend_edges "${EXTEND:-3}" \
+        OMP_NUM_THREADS=1 "$python" benchmarks/frontier.py --only "$only" --variants_file "$variants" \
+          --extend_edges "${EXTEND:-3}" \
           --datasets "$dataset" --shots "$k" --seeds "$seed" --workers 1 --speed_rounds 0 --records "$records" \
           --output_dir "outputs/frontier_${only//,/_}_${dataset}_${k}_${seed}" >> "$log" 2>&1 ||
           { failed+=("$dataset k=$k seed=$seed"); echo "frontier_queue: $dataset k=$k seed=$seed failed" >> "$log"; }

@@ -80,7 +80,8 @@ def test_the_queue_shares_the_splits_between_workers_seed_major(tmp_path):
     env = {**os.environ, "PYTHON": str(fake), "SEEDS": "0 1", "LOGS": str(tmp_path)}
     for worker in ("0", "1"):
         subprocess.run(["bash", str(script), worker, "2", "kadaptation"], env=env, check=True)
-    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    lists, calls = split_calls(tmp_path / "calls")
+    assert len(lists) == 2 and all(c[c.index("--only") + 1] == "kadaptation" for c in lists)  # one per worker
     splits = [(c[c.index("--datasets") + 1], c[c.index("--shots") + 1], c[c.index("--seeds") + 1]) for c in calls]
     first, second = splits[:8], splits[8:]  # worker 0's, then worker 1's
     design = [(d, str(k), str(s)) for d, k, s in frontier.design_splits((0, 1))]  # what --progress counts
@@ -91,6 +92,38 @@ def test_the_queue_shares_the_splits_between_workers_seed_major(tmp_path):
         assert sorted(k for _, k, s in worker if s == "0") == ["20", "20", "5", "5"]
         assert sum(d == "textiles" for d, _, s in worker if s == "0") == 1
     assert all(c[c.index("--only") + 1] == "kadaptation" and c[c.index("--extend_edges") + 1] == "3" for c in calls)
+    # every split reads the variants its worker listed once
+    assert {c[c.index("--variants_file") + 1] for c in calls} == {
+        str(tmp_path / f"frontier_variants_{w}.txt") for w in "01"
+    }
+
+
+def split_calls(path: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """The fake python's calls: (those that list the variants, those that run a split)."""
+    calls = [line.split() for line in path.read_text().splitlines()]
+    return [c for c in calls if "--names" in c], [c for c in calls if "--datasets" in c]
+
+
+def test_variants_listed_once_run_as_the_variants_computed_per_split(tiny_backbone, monkeypatch, capsys, tmp_path):
+    argv = ["--model_name_or_path", tiny_backbone, "--budgets", "3000,20000", "--only", "lora,kadaptation,ia3,linear"]
+    frontier.main([*argv, "--list", "--names"])
+    listed = capsys.readouterr().out
+    assert listed.count("\n") >= 4 and all(
+        v.split()[0] in ("lora", "kadaptation", "ia3") for v in listed.split("\n")[:-1]
+    )
+    (tmp_path / "variants.txt").write_text(listed)
+    passes = []
+    monkeypatch.setattr(frontier.bench, "main", passes.append)
+    frontier.main(argv)
+    computed = passes[:]
+    passes.clear()
+    frontier.main([*argv, "--variants_file", str(tmp_path / "variants.txt")])
+    assert passes == computed and len(computed) == 2  # the same bench passes: own variants and probe, then the peer
+    passes.clear()
+    without_ia3 = "\n".join(v for v in listed.splitlines() if not v.startswith("ia3 "))
+    (tmp_path / "variants.txt").write_text(without_ia3)  # what the file names is what runs
+    frontier.main([*argv, "--variants_file", str(tmp_path / "variants.txt")])
+    assert passes == computed[:1]
 
 
 def test_a_failed_split_is_named_and_the_queue_goes_on(tmp_path):
@@ -100,7 +133,7 @@ def test_a_failed_split_is_named_and_the_queue_goes_on(tmp_path):
     script = Path(__file__).parents[1] / "benchmarks" / "frontier_queue.sh"
     env = {**os.environ, "PYTHON": str(fake), "SEEDS": "0", "LOGS": str(tmp_path)}
     done = subprocess.run(["bash", str(script), "0", "1", "vera"], env=env, capture_output=True, text=True)
-    assert len((tmp_path / "calls").read_text().splitlines()) == 8  # every split was tried
+    assert len(split_calls(tmp_path / "calls")[1]) == 8  # every split was tried
     assert done.returncode == 1
     assert "2 split(s) failed" in done.stderr and "textiles k=5 seed=0;textiles k=20 seed=0" in done.stderr
     assert "frontier_queue: textiles k=20 seed=0 failed" in (tmp_path / "frontier_queue_0.log").read_text()
