@@ -305,6 +305,8 @@ def main(argv=None) -> None:
         variants = dict.fromkeys(
             line.strip() for line in Path(args.variants_file).read_text().splitlines() if line.strip()
         )
+        if not variants:
+            p.error(f"--variants_file {args.variants_file} names no variant (write it with --list --names)")
     else:
         variants = budget_variants(budgets, args.model_name_or_path, labels)
         variants.setdefault(DEFAULT, adapter_parameters(DEFAULT, args.model_name_or_path, labels))

@@ -124,6 +124,10 @@ def test_variants_listed_once_run_as_the_variants_computed_per_split(tiny_backbo
     (tmp_path / "variants.txt").write_text(without_ia3)  # what the file names is what runs
     frontier.main([*argv, "--variants_file", str(tmp_path / "variants.txt")])
     assert passes == computed[:1]
+    (tmp_path / "variants.txt").write_text("\n")
+    with pytest.raises(SystemExit):
+        frontier.main([*argv, "--variants_file", str(tmp_path / "variants.txt")])
+    assert "names no variant (write it with --list --names)" in capsys.readouterr().err
 
 
 def test_a_failed_split_is_named_and_the_queue_goes_on(tmp_path):
